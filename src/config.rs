@@ -1,0 +1,498 @@
+//! `options.yml`: the serde types, their defaults, validation with messages that name the key,
+//! the value and what is allowed, and command-line overrides applied in one place.
+//!
+//! Loading goes through a `serde_yaml::Value` first so that unknown keys can be reported with
+//! the nearest valid key, YAML tags such as `!!float 1e-3` are accepted, and `--set key=value`
+//! overrides are merged before the typed structs are built.
+
+use serde::{Deserialize, Serialize};
+use serde_yaml::Value;
+use std::path::{Path, PathBuf};
+
+/// A problem with the configuration or the command line: the binary exits with code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn bad(msg: impl Into<String>) -> anyhow::Error {
+    ConfigError(msg.into()).into()
+}
+
+/// The whole of `options.yml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `cuda:N`, `cuda`, `cpu` or `auto`; CUDA requested without a GPU falls back to the CPU.
+    pub device: String,
+    /// Seed for weights, noise, timesteps and the data order.
+    pub seed: u64,
+    /// CPU threads for libtorch (0 = libtorch's default).
+    pub threads: usize,
+    pub dataset: DatasetConfig,
+    pub ddpm: DdpmConfig,
+    pub network: NetworkConfig,
+    pub train: TrainConfig,
+    pub sample: SampleConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatasetConfig {
+    /// `mnist`, `fashion-mnist` or `cifar10` (also written `MNIST`, `FashionMNIST`, `CIFAR-10`).
+    pub name: String,
+    /// Folder that holds `<name>/` (or torchvision's `MNIST/raw/` layout).
+    pub root: PathBuf,
+    /// Download missing files from the official mirrors.
+    pub download: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DdpmConfig {
+    pub n_steps: i64,
+    pub min_beta: f64,
+    pub max_beta: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    pub channels: Vec<i64>,
+    pub pe_dim: i64,
+    pub residual: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub batch_size: i64,
+    pub n_epochs: i64,
+    pub lr: f64,
+    /// Where checkpoints, grids, logs and metrics go.
+    pub run_dir: PathBuf,
+    /// Stop after this many optimizer steps (0 = run all epochs).
+    pub max_steps: i64,
+    /// Log the loss (metrics, TensorBoard, progress bar) every this many steps.
+    pub log_every: i64,
+    /// Samples in the grid written after each epoch (0 = no grid).
+    pub grid_samples: i64,
+    /// Per-epoch checkpoints to keep besides `latest` (0 = only `latest`).
+    pub keep_checkpoints: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SampleConfig {
+    pub n_samples: i64,
+    /// The demo's variance: beta_t (true) or the posterior variance (false).
+    pub simple_var: bool,
+    /// Estimate x0, clamp it to [-1, 1] and step with the posterior mean.
+    pub clip_x0: bool,
+    /// Images denoised at once; larger counts are done in batches.
+    pub batch_size: i64,
+    /// Pixels between tiles in the PNG grid.
+    pub padding: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            device: "auto".into(),
+            seed: 0,
+            threads: 0,
+            dataset: DatasetConfig::default(),
+            ddpm: DdpmConfig::default(),
+            network: NetworkConfig::default(),
+            train: TrainConfig::default(),
+            sample: SampleConfig::default(),
+        }
+    }
+}
+
+impl Default for DatasetConfig {
+    fn default() -> Self {
+        Self {
+            name: "mnist".into(),
+            root: "data".into(),
+            download: true,
+        }
+    }
+}
+
+impl Default for DdpmConfig {
+    fn default() -> Self {
+        Self {
+            n_steps: 1000,
+            min_beta: 1e-4,
+            max_beta: 0.02,
+        }
+    }
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            channels: vec![10, 20, 40, 80],
+            pe_dim: 128,
+            residual: true,
+        }
+    }
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 512,
+            n_epochs: 10,
+            lr: 1e-3,
+            run_dir: "runs/mnist".into(),
+            max_steps: 0,
+            log_every: 10,
+            grid_samples: 64,
+            keep_checkpoints: 3,
+        }
+    }
+}
+
+impl Default for SampleConfig {
+    fn default() -> Self {
+        Self {
+            n_samples: 81,
+            simple_var: true,
+            clip_x0: false,
+            batch_size: 256,
+            padding: 0,
+        }
+    }
+}
+
+/// The datasets the tool reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatasetName {
+    Mnist,
+    FashionMnist,
+    Cifar10,
+}
+
+impl DatasetName {
+    /// Accepts the spellings demo users write: `MNIST`, `FashionMNIST`, `fashion_mnist`,
+    /// `CIFAR-10`, `cifar10`, ...
+    pub fn parse(s: &str) -> Option<Self> {
+        let key: String = s
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_lowercase();
+        match key.as_str() {
+            "mnist" => Some(Self::Mnist),
+            "fashionmnist" | "fmnist" => Some(Self::FashionMnist),
+            "cifar10" | "cifar" => Some(Self::Cifar10),
+            _ => None,
+        }
+    }
+
+    /// The canonical name, also the folder under `dataset.root`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mnist => "mnist",
+            Self::FashionMnist => "fashion-mnist",
+            Self::Cifar10 => "cifar10",
+        }
+    }
+
+    /// Image shape `[C, H, W]`.
+    pub fn image_shape(self) -> [i64; 3] {
+        match self {
+            Self::Mnist | Self::FashionMnist => [1, 28, 28],
+            Self::Cifar10 => [3, 32, 32],
+        }
+    }
+}
+
+impl Config {
+    /// Reads, merges `overrides` (`key.path=value`), validates.
+    pub fn load(path: &Path, overrides: &[(String, String)]) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            bad(format!(
+                "cannot read config file {}: {e} (pass another with --config PATH)",
+                path.display()
+            ))
+        })?;
+        Self::from_yaml_str(&text, &path.display().to_string(), overrides)
+    }
+
+    /// Parses YAML text; `origin` names the source in messages.
+    pub fn from_yaml_str(
+        text: &str,
+        origin: &str,
+        overrides: &[(String, String)],
+    ) -> anyhow::Result<Self> {
+        let mut value: Value = serde_yaml::from_str(text).map_err(|e| {
+            let loc = e
+                .location()
+                .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
+                .unwrap_or_default();
+            let msg = e.to_string();
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+            bad(format!("{origin}: YAML syntax error{loc}: {msg}"))
+        })?;
+        if value.is_null() {
+            value = Value::Mapping(Default::default());
+        }
+        strip_tags(&mut value);
+        for (key, raw) in overrides {
+            set_path(&mut value, key, raw).map_err(|m| bad(format!("--set {key}={raw}: {m}")))?;
+        }
+        let schema = serde_yaml::to_value(Config::default()).expect("default config serialises");
+        check_keys(&value, &schema, "").map_err(|m| bad(format!("{origin}: {m}")))?;
+        let cfg: Config = serde_yaml::from_value(value)
+            .map_err(|e| bad(format!("{origin}: {}", describe_type_error(&e.to_string()))))?;
+        cfg.validate().map_err(|m| bad(format!("{origin}: {m}")))?;
+        Ok(cfg)
+    }
+
+    /// The dataset, parsed (validation guarantees it is known).
+    pub fn dataset_name(&self) -> DatasetName {
+        DatasetName::parse(&self.dataset.name).unwrap_or(DatasetName::Mnist)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        fn range(
+            ok: bool,
+            key: &str,
+            value: impl std::fmt::Display,
+            allowed: &str,
+        ) -> Result<(), String> {
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("{key} = {value} is not allowed: {allowed}"))
+            }
+        }
+        crate::device::parse_device(&self.device)
+            .map_err(|m| format!("device = {:?}: {m}", self.device))?;
+        if DatasetName::parse(&self.dataset.name).is_none() {
+            return Err(format!(
+                "dataset.name = {:?} is not a known dataset: use mnist, fashion-mnist or cifar10",
+                self.dataset.name
+            ));
+        }
+        let d = &self.ddpm;
+        range(d.n_steps >= 1, "ddpm.n_steps", d.n_steps, "n_steps >= 1")?;
+        let betas_ok = d.min_beta > 0.0 && d.min_beta < d.max_beta && d.max_beta < 1.0;
+        range(
+            betas_ok,
+            "ddpm.min_beta/max_beta",
+            format!("{}/{}", d.min_beta, d.max_beta),
+            "0 < min_beta < max_beta < 1",
+        )?;
+        let n = &self.network;
+        range(
+            !n.channels.is_empty() && n.channels.iter().all(|&c| c > 0),
+            "network.channels",
+            format!("{:?}", n.channels),
+            "a non-empty list of positive integers, e.g. [10, 20, 40, 80]",
+        )?;
+        range(
+            n.pe_dim > 0 && n.pe_dim % 2 == 0,
+            "network.pe_dim",
+            n.pe_dim,
+            "an even number > 0",
+        )?;
+        let [_, h, w] = self.dataset_name().image_shape();
+        let levels = n.channels.len() as u32 - 1;
+        range(
+            h >> levels >= 1 && w >> levels >= 1,
+            "network.channels",
+            format!("{:?}", n.channels),
+            &format!("{levels} halvings of a {h}x{w} image leave nothing; use fewer levels"),
+        )?;
+        let t = &self.train;
+        range(
+            t.batch_size >= 1,
+            "train.batch_size",
+            t.batch_size,
+            "batch_size >= 1",
+        )?;
+        range(
+            t.n_epochs >= 1,
+            "train.n_epochs",
+            t.n_epochs,
+            "n_epochs >= 1",
+        )?;
+        range(t.lr > 0.0 && t.lr.is_finite(), "train.lr", t.lr, "lr > 0")?;
+        range(
+            t.max_steps >= 0,
+            "train.max_steps",
+            t.max_steps,
+            "max_steps >= 0 (0 = no limit)",
+        )?;
+        range(
+            t.log_every >= 1,
+            "train.log_every",
+            t.log_every,
+            "log_every >= 1",
+        )?;
+        range(
+            t.grid_samples >= 0,
+            "train.grid_samples",
+            t.grid_samples,
+            "grid_samples >= 0 (0 = none)",
+        )?;
+        range(
+            t.keep_checkpoints >= 0,
+            "train.keep_checkpoints",
+            t.keep_checkpoints,
+            "keep_checkpoints >= 0",
+        )?;
+        range(
+            !t.run_dir.as_os_str().is_empty(),
+            "train.run_dir",
+            "\"\"",
+            "a folder path",
+        )?;
+        let s = &self.sample;
+        range(
+            s.n_samples >= 1,
+            "sample.n_samples",
+            s.n_samples,
+            "n_samples >= 1",
+        )?;
+        range(
+            s.batch_size >= 1,
+            "sample.batch_size",
+            s.batch_size,
+            "batch_size >= 1",
+        )?;
+        range(s.padding >= 0, "sample.padding", s.padding, "padding >= 0")?;
+        Ok(())
+    }
+
+    /// The resolved configuration as YAML (written to `run_dir/config.yml`).
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Removes YAML tags (`!!float 1e-3` -> `1e-3`), so tagged values parse like plain ones.
+fn strip_tags(v: &mut Value) {
+    match v {
+        Value::Tagged(t) => {
+            let inner = std::mem::replace(&mut t.value, Value::Null);
+            let tag = t.tag.to_string();
+            *v = match (tag.trim_start_matches('!'), inner) {
+                ("float", Value::String(s)) => s
+                    .parse::<f64>()
+                    .map(Value::from)
+                    .unwrap_or(Value::String(s)),
+                ("int", Value::String(s)) => s
+                    .parse::<i64>()
+                    .map(Value::from)
+                    .unwrap_or(Value::String(s)),
+                (_, other) => other,
+            };
+            strip_tags(v);
+        }
+        Value::Mapping(m) => m.values_mut().for_each(strip_tags),
+        Value::Sequence(s) => s.iter_mut().for_each(strip_tags),
+        _ => {}
+    }
+}
+
+/// Applies `a.b.c=value` to the YAML tree; the value is parsed as YAML (so `2e-4`, `[8, 16]`,
+/// `false` work).
+fn set_path(root: &mut Value, key: &str, raw: &str) -> Result<(), String> {
+    let parsed: Value = serde_yaml::from_str(raw).map_err(|e| format!("value is not YAML: {e}"))?;
+    let mut node = root;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let map = node
+            .as_mapping_mut()
+            .ok_or_else(|| format!("{} is not a section", parts[..i].join(".")))?;
+        if i + 1 == parts.len() {
+            map.insert(Value::from(*part), parsed);
+            return Ok(());
+        }
+        node = map
+            .entry(Value::from(*part))
+            .or_insert_with(|| Value::Mapping(Default::default()));
+    }
+    Err("empty key".into())
+}
+
+/// Every key of `value` must exist in `schema` (the default config); a wrong one is named
+/// with the closest valid key.
+fn check_keys(value: &Value, schema: &Value, prefix: &str) -> Result<(), String> {
+    let (Some(map), Some(known)) = (value.as_mapping(), schema.as_mapping()) else {
+        if schema.is_mapping() && !value.is_mapping() && !value.is_null() {
+            return Err(format!(
+                "{} must be a section of keys, not {}",
+                prefix.trim_end_matches('.'),
+                short(value)
+            ));
+        }
+        return Ok(());
+    };
+    for (k, v) in map {
+        let name = k.as_str().map(str::to_string).unwrap_or_else(|| short(k));
+        match known.get(k) {
+            Some(sub) => check_keys(v, sub, &format!("{prefix}{name}."))?,
+            None => {
+                let keys: Vec<&str> = known.keys().filter_map(Value::as_str).collect();
+                let nearest = keys
+                    .iter()
+                    .min_by_key(|c| edit_distance(&name, c))
+                    .copied()
+                    .unwrap_or("");
+                let section = if prefix.is_empty() {
+                    "top level".to_string()
+                } else {
+                    prefix.trim_end_matches('.').to_string()
+                };
+                return Err(format!(
+                    "unknown key '{prefix}{name}' (did you mean '{prefix}{nearest}'?; valid keys in {section}: {})",
+                    keys.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn short(v: &Value) -> String {
+    serde_yaml::to_string(v)
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Turns serde_yaml's type errors into "key: got X, expected Y".
+fn describe_type_error(msg: &str) -> String {
+    let msg = msg.split(" at line ").next().unwrap_or(msg);
+    match msg.split_once(": invalid type: ") {
+        Some((key, rest)) => {
+            let rest = rest
+                .replace("expected i64", "expected an integer")
+                .replace("expected u64", "expected a non-negative integer")
+                .replace("expected f64", "expected a number")
+                .replace("expected usize", "expected a non-negative integer");
+            format!("{key} has the wrong type: got {rest}")
+        }
+        None => msg.to_string(),
+    }
+}
+
+/// Levenshtein distance, for "did you mean".
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}

@@ -1,0 +1,127 @@
+//! Datasets held in memory as `u8 [N, C, H, W]` images with `i64 [N]` labels; the conversion
+//! to float in [-1, 1] happens per batch on the training device.
+
+pub mod cifar;
+pub mod download;
+pub mod idx;
+
+use crate::config::{DatasetConfig, DatasetName};
+use anyhow::Result;
+use std::path::PathBuf;
+use tch::{Device, Kind, Tensor};
+
+/// Which part of a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Test,
+}
+
+/// Images and labels in memory.
+#[derive(Debug)]
+pub struct ImageDataset {
+    /// `u8 [N, C, H, W]`, on the CPU.
+    pub images: Tensor,
+    /// `i64 [N]`.
+    pub labels: Tensor,
+    pub class_names: Vec<String>,
+}
+
+impl ImageDataset {
+    pub fn len(&self) -> i64 {
+        self.images.size()[0]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `[C, H, W]`.
+    pub fn image_shape(&self) -> [i64; 3] {
+        let s = self.images.size();
+        [s[1], s[2], s[3]]
+    }
+
+    /// Images at `idx` (an `i64` index tensor), as float in [-1, 1] on `device`.
+    pub fn batch(&self, idx: &Tensor, device: Device) -> Tensor {
+        to_signed_unit(&self.images.index_select(0, idx).to_device(device))
+    }
+}
+
+/// `u8` pixels -> float in [-1, 1]: `x / 127.5 - 1`.
+pub fn to_signed_unit(xs: &Tensor) -> Tensor {
+    xs.to_kind(Kind::Float) / 127.5 - 1.0
+}
+
+/// Class names, in label order.
+pub fn class_names(name: DatasetName) -> Vec<String> {
+    let names: &[&str] = match name {
+        DatasetName::Mnist => &["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
+        DatasetName::FashionMnist => &[
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ],
+        DatasetName::Cifar10 => &[
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ],
+    };
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// Loads a split of the configured dataset, downloading missing files when allowed.
+pub fn load(cfg: &DatasetConfig, split: Split) -> Result<ImageDataset> {
+    let name = DatasetName::parse(&cfg.name)
+        .ok_or_else(|| anyhow::anyhow!("unknown dataset {:?}", cfg.name))?;
+    match name {
+        DatasetName::Mnist | DatasetName::FashionMnist => {
+            let dir = idx::locate(&cfg.root, name, split, cfg.download)?;
+            let (img, lbl) = idx::file_names(split);
+            let ds = idx::read_pair(&dir.join(img), &dir.join(lbl))?;
+            Ok(ImageDataset {
+                class_names: class_names(name),
+                ..ds
+            })
+        }
+        DatasetName::Cifar10 => {
+            let dir = cifar::locate(&cfg.root, cfg.download)?;
+            cifar::read_split(&dir, split)
+        }
+    }
+}
+
+/// Candidate folders for a dataset under `root`, ours first, then torchvision's layout.
+pub fn candidate_dirs(root: &std::path::Path, name: DatasetName) -> Vec<PathBuf> {
+    match name {
+        DatasetName::Mnist => vec![
+            root.join("mnist"),
+            root.join("MNIST/raw"),
+            root.join("MNIST"),
+        ],
+        DatasetName::FashionMnist => vec![
+            root.join("fashion-mnist"),
+            root.join("FashionMNIST/raw"),
+            root.join("FashionMNIST"),
+        ],
+        DatasetName::Cifar10 => vec![
+            root.join("cifar-10-batches-bin"),
+            root.join("cifar10/cifar-10-batches-bin"),
+        ],
+    }
+}

@@ -1,0 +1,67 @@
+//! The linear-beta schedule (Ho et al. 2020, sec. 4), computed once in f64 on the host.
+
+/// `betas = linspace(min_beta, max_beta, n_steps)`, `alphas = 1 - betas`,
+/// `alphas_cumprod = cumprod(alphas)`.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub betas: Vec<f64>,
+    pub alphas: Vec<f64>,
+    pub alphas_cumprod: Vec<f64>,
+}
+
+impl Schedule {
+    pub fn linear(n_steps: i64, min_beta: f64, max_beta: f64) -> Self {
+        let n = n_steps.max(1) as usize;
+        let betas: Vec<f64> = (0..n)
+            .map(|i| {
+                if n == 1 {
+                    min_beta
+                } else {
+                    min_beta + (max_beta - min_beta) * i as f64 / (n - 1) as f64
+                }
+            })
+            .collect();
+        let alphas: Vec<f64> = betas.iter().map(|b| 1.0 - b).collect();
+        let alphas_cumprod = alphas
+            .iter()
+            .scan(1.0, |acc, a| {
+                *acc *= a;
+                Some(*acc)
+            })
+            .collect();
+        Self {
+            betas,
+            alphas,
+            alphas_cumprod,
+        }
+    }
+
+    pub fn n_steps(&self) -> usize {
+        self.betas.len()
+    }
+
+    /// `alpha_bar_{t-1}`, with `alpha_bar_{-1} = 1`.
+    pub fn alphas_cumprod_prev(&self, t: usize) -> f64 {
+        if t == 0 {
+            1.0
+        } else {
+            self.alphas_cumprod[t - 1]
+        }
+    }
+
+    /// The posterior ("fixed small") variance `(1 - abar_{t-1}) / (1 - abar_t) * beta_t`
+    /// (eq. 7); 0 at t = 0.
+    pub fn posterior_variance(&self, t: usize) -> f64 {
+        (1.0 - self.alphas_cumprod_prev(t)) / (1.0 - self.alphas_cumprod[t]) * self.betas[t]
+    }
+
+    /// The variance added at step t: `beta_t` (the demo's simple_var, "fixed large") or the
+    /// posterior variance.
+    pub fn step_variance(&self, t: usize, simple_var: bool) -> f64 {
+        if simple_var {
+            self.betas[t]
+        } else {
+            self.posterior_variance(t)
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! `ddpm`: train and sample denoising diffusion probabilistic models (Ho et al. 2020) on
+//! libtorch, starting from the well-known teaching demo's UNet.
+//!
+//! Layers: [`data`] (readers) -> [`model`] (the network) -> [`diffusion`] (schedule, forward
+//! and reverse process) -> [`train`] / [`sample`] (the commands), with [`checkpoint`] and
+//! [`grid`] for what a run writes.
+
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod diffusion;
+pub mod fsutil;
+pub mod grid;
+pub mod logging;
+pub mod model;
+pub mod plot;
+pub mod sample;
+pub mod tensorboard;
+pub mod train;

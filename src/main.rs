@@ -1,0 +1,52 @@
+//! `ddpm`: parse the command line, set up logging, run, print the error chain.
+
+use clap::Parser;
+use ddpm::cli::{Cli, Command};
+use ddpm::config::{Config, ConfigError};
+use ddpm::sample::SampleRequest;
+use std::process::ExitCode;
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let overrides = cli.overrides();
+    let cfg = match &cli.command {
+        // `sample --checkpoint PATH` needs no config file: the checkpoint describes its model.
+        Command::Sample(a) if a.checkpoint.is_some() && !cli.config.exists() => {
+            Config::from_yaml_str("{}", "defaults", &overrides)?
+        }
+        _ => Config::load(&cli.config, &overrides)?,
+    };
+    match &cli.command {
+        Command::Train(_) => {
+            ddpm::train::train(&cfg)?;
+        }
+        Command::Sample(a) => {
+            let req = SampleRequest {
+                checkpoint: a.checkpoint.clone(),
+                out: a.out.clone(),
+                save_tensor: a.save_tensor.clone(),
+            };
+            ddpm::sample::sample(&cfg, &req)?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ddpm::logging::init(cli.verbose);
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let _ = ddpm::logging::bars().clear();
+            eprintln!("error: {err:#}");
+            if err
+                .chain()
+                .any(|e| e.downcast_ref::<ConfigError>().is_some())
+            {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

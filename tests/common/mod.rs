@@ -1,0 +1,96 @@
+//! Helpers shared by the integration tests: tiny datasets in the official formats, configs,
+//! and running the real binary.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// IDX image file bytes for `n` images of `rows x cols` from `pixel(i, y, x)`.
+pub fn idx_images(n: usize, rows: usize, cols: usize, pixel: impl Fn(usize, usize, usize) -> u8) -> Vec<u8> {
+    let mut b = Vec::new();
+    for v in [0x0803u32, n as u32, rows as u32, cols as u32] {
+        b.extend_from_slice(&v.to_be_bytes());
+    }
+    for i in 0..n {
+        for y in 0..rows {
+            for x in 0..cols {
+                b.push(pixel(i, y, x));
+            }
+        }
+    }
+    b
+}
+
+/// IDX label file bytes.
+pub fn idx_labels(labels: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for v in [0x0801u32, labels.len() as u32] {
+        b.extend_from_slice(&v.to_be_bytes());
+    }
+    b.extend_from_slice(labels);
+    b
+}
+
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+/// A tiny MNIST-shaped dataset under `root/mnist/`: `n` images of bars, class 0 vertical and
+/// class 1 horizontal.
+pub fn write_tiny_mnist(root: &Path, n: usize) {
+    let dir = root.join("mnist");
+    std::fs::create_dir_all(&dir).unwrap();
+    let labels: Vec<u8> = (0..n).map(|i| (i % 2) as u8).collect();
+    let imgs = idx_images(n, 28, 28, |i, y, x| {
+        let pos = 4 + (i * 7) % 20;
+        let on = if i % 2 == 0 { x >= pos && x < pos + 4 } else { y >= pos && y < pos + 4 };
+        if on { 255 } else { 0 }
+    });
+    std::fs::write(dir.join("train-images-idx3-ubyte"), &imgs).unwrap();
+    std::fs::write(dir.join("train-labels-idx1-ubyte"), idx_labels(&labels)).unwrap();
+}
+
+/// A config for a tiny, fast run on the tiny dataset in `dir/data`, run dir `dir/run`.
+pub fn tiny_config(dir: &Path) -> PathBuf {
+    let yml = format!(
+        "device: cpu\nseed: 3\ndataset:\n  name: mnist\n  root: {root}\n  download: false\n\
+         ddpm:\n  n_steps: 20\nnetwork:\n  channels: [4, 8]\n  pe_dim: 8\n\
+         train:\n  batch_size: 16\n  n_epochs: 2\n  lr: 0.002\n  run_dir: {run}\n  log_every: 2\n  grid_samples: 4\n  keep_checkpoints: 1\n\
+         sample:\n  n_samples: 9\n",
+        root = dir.join("data").display(),
+        run = dir.join("run").display()
+    );
+    let path = dir.join("tiny.yml");
+    std::fs::write(&path, yml).unwrap();
+    path
+}
+
+/// Runs the `ddpm` binary with `args` in `cwd`.
+pub fn ddpm(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ddpm"))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "info")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("running ddpm")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The shared real datasets, or None (the caller prints that it skipped).
+pub fn shared_datasets() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets");
+    p.join("mnist/train-images-idx3-ubyte.gz").exists().then_some(p)
+}
+
+/// The project's venv Python, if set up.
+pub fn venv_python() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    p.exists().then_some(p)
+}
