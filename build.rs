@@ -10,8 +10,6 @@ fn main() {
             println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
             println!("cargo:rustc-link-arg=-ltorch");
         }
-        Err(_) => println!(
-            "cargo:warning=libtorch not found through torch-sys: run scripts/setup.sh first"
-        ),
+        Err(_) => println!("cargo:warning=libtorch not found through torch-sys: run scripts/setup.sh first"),
     }
 }

@@ -45,36 +45,20 @@ impl ModelInfo {
         let j = |v: serde_json::Value| v.to_string();
         HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
-            (
-                "network".to_string(),
-                j(serde_json::to_value(&self.network).unwrap_or_default()),
-            ),
-            (
-                "ddpm".to_string(),
-                j(serde_json::to_value(&self.ddpm).unwrap_or_default()),
-            ),
-            (
-                "image_shape".to_string(),
-                j(serde_json::json!(self.image_shape)),
-            ),
+            ("network".to_string(), j(serde_json::to_value(&self.network).unwrap_or_default())),
+            ("ddpm".to_string(), j(serde_json::to_value(&self.ddpm).unwrap_or_default())),
+            ("image_shape".to_string(), j(serde_json::json!(self.image_shape))),
             ("dataset".to_string(), self.dataset.clone()),
-            (
-                "class_names".to_string(),
-                j(serde_json::json!(self.class_names)),
-            ),
+            ("class_names".to_string(), j(serde_json::json!(self.class_names))),
             ("epoch".to_string(), self.epoch.to_string()),
             ("step".to_string(), self.step.to_string()),
         ])
     }
 
     fn from_metadata(path: &Path, m: &HashMap<String, String>) -> Result<Self> {
-        let get = |k: &str| {
-            m.get(k)
-                .with_context(|| format!("{}: metadata has no '{k}' entry", path.display()))
-        };
+        let get = |k: &str| m.get(k).with_context(|| format!("{}: metadata has no '{k}' entry", path.display()));
         let parse = |k: &str| -> Result<serde_json::Value> {
-            serde_json::from_str(get(k)?)
-                .with_context(|| format!("{}: metadata '{k}' is not JSON", path.display()))
+            serde_json::from_str(get(k)?).with_context(|| format!("{}: metadata '{k}' is not JSON", path.display()))
         };
         Ok(Self {
             network: serde_json::from_value(parse("network")?)
@@ -95,35 +79,37 @@ impl ModelInfo {
 /// atomically.
 pub fn save(vs: &nn::VarStore, info: &ModelInfo, path: &Path) -> Result<()> {
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
-    let mut buffers = Vec::with_capacity(vars.len());
-    for (name, t) in &vars {
-        let t = t
-            .to_device(tch::Device::Cpu)
-            .to_kind(Kind::Float)
-            .contiguous();
-        let mut bytes = vec![0u8; t.numel() * 4];
+    save_tensors(&vars, info.to_metadata(), path)
+}
+
+/// Writes named tensors (as f32 unless they are i64) with string metadata, atomically.
+pub fn save_tensors(tensors: &BTreeMap<String, Tensor>, metadata: HashMap<String, String>, path: &Path) -> Result<()> {
+    let mut buffers = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let (kind, dtype, width) =
+            if t.kind() == Kind::Int64 { (Kind::Int64, Dtype::I64, 8) } else { (Kind::Float, Dtype::F32, 4) };
+        let t = t.to_device(tch::Device::Cpu).to_kind(kind).contiguous();
+        let mut bytes = vec![0u8; t.numel() * width];
         t.copy_data_u8(&mut bytes, t.numel());
-        buffers.push((
-            name.clone(),
-            t.size().iter().map(|&d| d as usize).collect::<Vec<_>>(),
-            bytes,
-        ));
+        buffers.push((name.clone(), dtype, t.size().iter().map(|&d| d as usize).collect::<Vec<_>>(), bytes));
     }
     let views: Vec<(String, TensorView)> = buffers
         .iter()
-        .map(|(n, shape, bytes)| {
-            Ok((
-                n.clone(),
-                TensorView::new(Dtype::F32, shape.clone(), bytes)?,
-            ))
-        })
+        .map(|(n, dtype, shape, bytes)| Ok((n.clone(), TensorView::new(*dtype, shape.clone(), bytes)?)))
         .collect::<Result<_>>()?;
-    let data = safetensors::serialize(views, &Some(info.to_metadata()))
-        .with_context(|| format!("serialising {}", path.display()))?;
+    let data =
+        safetensors::serialize(views, &Some(metadata)).with_context(|| format!("serialising {}", path.display()))?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     write_atomic(path, &data).with_context(|| format!("saving checkpoint {}", path.display()))
+}
+
+/// The file beside a checkpoint that holds its EMA weights (`latest.ema.safetensors`) or its
+/// training state (`latest.state.safetensors`).
+pub fn companion(path: &Path, what: &str) -> PathBuf {
+    let stem = path.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint").trim_end_matches(".safetensors");
+    path.with_file_name(format!("{stem}.{what}.safetensors"))
 }
 
 /// A checkpoint read into memory.
@@ -137,8 +123,7 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Reads and validates the safetensors header.
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("reading checkpoint {}", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
         let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| {
             anyhow::anyhow!(
                 "{}: not a valid safetensors checkpoint ({e}); truncated or another format?",
@@ -148,16 +133,32 @@ impl Checkpoint {
         SafeTensors::deserialize(&bytes)
             .map_err(|e| anyhow::anyhow!("{}: corrupt safetensors data ({e})", path.display()))?;
         let info = match meta.metadata() {
-            Some(m) if m.get("format").map(String::as_str) == Some(FORMAT) => {
-                Some(ModelInfo::from_metadata(path, m)?)
-            }
+            Some(m) if m.get("format").map(String::as_str) == Some(FORMAT) => Some(ModelInfo::from_metadata(path, m)?),
             _ => None,
         };
-        Ok(Self {
-            path: path.to_path_buf(),
-            bytes,
-            info,
-        })
+        Ok(Self { path: path.to_path_buf(), bytes, info })
+    }
+
+    /// The file's metadata (empty when it has none).
+    pub fn metadata(&self) -> HashMap<String, String> {
+        SafeTensors::read_metadata(&self.bytes).ok().and_then(|(_, m)| m.metadata().clone()).unwrap_or_default()
+    }
+
+    /// Every tensor in the file, on the CPU.
+    pub fn tensors(&self) -> Result<BTreeMap<String, Tensor>> {
+        let st = SafeTensors::deserialize(&self.bytes)?;
+        st.tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+                let kind = match view.dtype() {
+                    Dtype::F32 => Kind::Float,
+                    Dtype::I64 => Kind::Int64,
+                    other => bail!("{}: tensor '{name}' has unexpected dtype {other:?}", self.path.display()),
+                };
+                Ok((name, Tensor::from_data_size(view.data(), &shape, kind)))
+            })
+            .collect()
     }
 
     /// Copies the tensors into `vs`. Every trainable variable must be present with its shape;
@@ -230,8 +231,7 @@ pub fn rotate(run_dir: &Path, keep: usize) -> Result<()> {
     epochs.sort();
     let excess = epochs.len().saturating_sub(keep);
     for old in &epochs[..excess] {
-        std::fs::remove_file(old)
-            .with_context(|| format!("removing old checkpoint {}", old.display()))?;
+        std::fs::remove_file(old).with_context(|| format!("removing old checkpoint {}", old.display()))?;
     }
     Ok(())
 }

@@ -18,13 +18,7 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// The YAML configuration file.
-    #[arg(
-        long,
-        short,
-        global = true,
-        default_value = "options.yml",
-        value_name = "PATH"
-    )]
+    #[arg(long, short, global = true, default_value = "options.yml", value_name = "PATH")]
     pub config: PathBuf,
     /// Override any key of the configuration, e.g. `--set train.lr=2e-4` (repeatable).
     #[arg(long = "set", global = true, value_name = "KEY=VALUE", value_parser = parse_override)]
@@ -66,6 +60,14 @@ pub struct TrainArgs {
     /// Folder for checkpoints, grids, logs and metrics (train.run_dir).
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
+    /// Continue the run in run_dir from its latest checkpoint: weights, EMA, optimizer moments,
+    /// epoch and position in it, exactly as if it had never stopped.
+    #[arg(long, conflicts_with = "overwrite")]
+    pub resume: bool,
+    /// Start over in a run_dir that already holds a run, deleting its checkpoints, samples and
+    /// metrics.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 #[derive(Debug, Args)]
@@ -98,14 +100,42 @@ pub struct SampleArgs {
     /// Also write the raw samples (float [-1, 1], [N, C, H, W]) as safetensors to this path.
     #[arg(long, value_name = "PATH")]
     pub save_tensor: Option<PathBuf>,
+    /// Reverse process: ddpm (ancestral, every step) or ddim (sample.sampler).
+    #[arg(long, value_parser = ["ddpm", "ddim"])]
+    pub sampler: Option<String>,
+    /// DDIM steps (sample.steps); implies --sampler ddim when given alone.
+    #[arg(long)]
+    pub steps: Option<i64>,
+    /// DDIM noise scale: 0 = deterministic, 1 = DDPM-like (sample.eta).
+    #[arg(long)]
+    pub eta: Option<f64>,
+    /// DDIM timestep spacing: uniform or quadratic (sample.spacing).
+    #[arg(long, value_parser = ["uniform", "quadratic"])]
+    pub spacing: Option<String>,
+    /// DDPM variance by name: fixed_large (beta_t, the demo's simple_var) or fixed_small
+    /// (the posterior variance).
+    #[arg(long, value_parser = ["fixed_large", "fixed_small"], conflicts_with_all = ["simple_var", "no_simple_var"])]
+    pub variance: Option<String>,
+    /// Conditional models: the class to draw (0-based), or `all` for one row per class.
+    #[arg(long, value_name = "N|all")]
+    pub label: Option<String>,
+    /// Classifier-free guidance weight w (sample.guidance): eps_u + w (eps_c - eps_u);
+    /// 0 = unconditional, 1 = conditional without guidance.
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Use the raw weights even when the checkpoint has EMA weights.
+    #[arg(long)]
+    pub no_ema: bool,
+    /// Also write the reverse process: <out>.process.png (a row per sample, a column per
+    /// snapshot) and <out>.process.gif.
+    #[arg(long)]
+    pub process: bool,
 }
 
 fn parse_override(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!(
-            "expected KEY=VALUE (e.g. train.lr=2e-4), got '{s}'"
-        )),
+        _ => Err(format!("expected KEY=VALUE (e.g. train.lr=2e-4), got '{s}'")),
     }
 }
 
@@ -134,11 +164,18 @@ impl Cli {
                 put("sample.n_samples", a.n_samples.map(|v| v.to_string()));
                 put("sample.batch_size", a.batch_size.map(|v| v.to_string()));
                 put("sample.padding", a.padding.map(|v| v.to_string()));
-                let var = match (a.simple_var, a.no_simple_var) {
-                    (true, _) => Some(true),
-                    (_, true) => Some(false),
+                let var = match (a.simple_var, a.no_simple_var, a.variance.as_deref()) {
+                    (true, _, _) | (_, _, Some("fixed_large")) => Some(true),
+                    (_, true, _) | (_, _, Some("fixed_small")) => Some(false),
                     _ => None,
                 };
+                let sampler = a.sampler.clone().or_else(|| a.steps.map(|_| "ddim".to_string()));
+                put("sample.sampler", sampler);
+                put("sample.steps", a.steps.map(|v| v.to_string()));
+                put("sample.eta", a.eta.map(|v| v.to_string()));
+                put("sample.spacing", a.spacing.clone());
+                put("sample.guidance", a.guidance.map(|v| v.to_string()));
+                put("sample.ema", a.no_ema.then(|| "false".to_string()));
                 put("sample.simple_var", var.map(|v| v.to_string()));
                 put("sample.clip_x0", a.clip_x0.then(|| "true".to_string()));
             }

@@ -60,6 +60,8 @@ pub struct NetworkConfig {
     pub channels: Vec<i64>,
     pub pe_dim: i64,
     pub residual: bool,
+    /// Classes for conditional generation (0 = unconditional, the demo's network).
+    pub num_classes: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -78,6 +80,13 @@ pub struct TrainConfig {
     pub grid_samples: i64,
     /// Per-epoch checkpoints to keep besides `latest` (0 = only `latest`).
     pub keep_checkpoints: i64,
+    /// Decay of the exponential moving average of the weights (0 = no EMA). The decay used at
+    /// step s is `min(ema_decay, (1 + s) / (10 + s))`, so short runs are not stuck near the
+    /// initial weights.
+    pub ema_decay: f64,
+    /// For conditional networks: the share of labels replaced by the null class, so one model
+    /// learns conditional and unconditional generation (classifier-free guidance).
+    pub cond_drop_prob: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -92,6 +101,18 @@ pub struct SampleConfig {
     pub batch_size: i64,
     /// Pixels between tiles in the PNG grid.
     pub padding: i64,
+    /// `ddpm` (ancestral, every step) or `ddim`.
+    pub sampler: String,
+    /// DDIM: number of steps.
+    pub steps: i64,
+    /// DDIM: noise scale (0 = deterministic, 1 = DDPM's posterior variance).
+    pub eta: f64,
+    /// DDIM: `uniform` or `quadratic` timestep spacing.
+    pub spacing: String,
+    /// Classifier-free guidance weight for conditional models (1 = no guidance).
+    pub guidance: f64,
+    /// Use the EMA weights when the checkpoint has them.
+    pub ema: bool,
 }
 
 impl Default for Config {
@@ -111,31 +132,19 @@ impl Default for Config {
 
 impl Default for DatasetConfig {
     fn default() -> Self {
-        Self {
-            name: "mnist".into(),
-            root: "data".into(),
-            download: true,
-        }
+        Self { name: "mnist".into(), root: "data".into(), download: true }
     }
 }
 
 impl Default for DdpmConfig {
     fn default() -> Self {
-        Self {
-            n_steps: 1000,
-            min_beta: 1e-4,
-            max_beta: 0.02,
-        }
+        Self { n_steps: 1000, min_beta: 1e-4, max_beta: 0.02 }
     }
 }
 
 impl Default for NetworkConfig {
     fn default() -> Self {
-        Self {
-            channels: vec![10, 20, 40, 80],
-            pe_dim: 128,
-            residual: true,
-        }
+        Self { channels: vec![10, 20, 40, 80], pe_dim: 128, residual: true, num_classes: 0 }
     }
 }
 
@@ -150,6 +159,8 @@ impl Default for TrainConfig {
             log_every: 10,
             grid_samples: 64,
             keep_checkpoints: 3,
+            ema_decay: 0.999,
+            cond_drop_prob: 0.1,
         }
     }
 }
@@ -162,6 +173,12 @@ impl Default for SampleConfig {
             clip_x0: false,
             batch_size: 256,
             padding: 0,
+            sampler: "ddpm".into(),
+            steps: 50,
+            eta: 0.0,
+            spacing: "uniform".into(),
+            guidance: 2.0,
+            ema: true,
         }
     }
 }
@@ -178,11 +195,7 @@ impl DatasetName {
     /// Accepts the spellings demo users write: `MNIST`, `FashionMNIST`, `fashion_mnist`,
     /// `CIFAR-10`, `cifar10`, ...
     pub fn parse(s: &str) -> Option<Self> {
-        let key: String = s
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .collect::<String>()
-            .to_lowercase();
+        let key: String = s.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_lowercase();
         match key.as_str() {
             "mnist" => Some(Self::Mnist),
             "fashionmnist" | "fmnist" => Some(Self::FashionMnist),
@@ -213,25 +226,15 @@ impl Config {
     /// Reads, merges `overrides` (`key.path=value`), validates.
     pub fn load(path: &Path, overrides: &[(String, String)]) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            bad(format!(
-                "cannot read config file {}: {e} (pass another with --config PATH)",
-                path.display()
-            ))
+            bad(format!("cannot read config file {}: {e} (pass another with --config PATH)", path.display()))
         })?;
         Self::from_yaml_str(&text, &path.display().to_string(), overrides)
     }
 
     /// Parses YAML text; `origin` names the source in messages.
-    pub fn from_yaml_str(
-        text: &str,
-        origin: &str,
-        overrides: &[(String, String)],
-    ) -> anyhow::Result<Self> {
+    pub fn from_yaml_str(text: &str, origin: &str, overrides: &[(String, String)]) -> anyhow::Result<Self> {
         let mut value: Value = serde_yaml::from_str(text).map_err(|e| {
-            let loc = e
-                .location()
-                .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
-                .unwrap_or_default();
+            let loc = e.location().map(|l| format!(" at line {}, column {}", l.line(), l.column())).unwrap_or_default();
             let msg = e.to_string();
             let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
             bad(format!("{origin}: YAML syntax error{loc}: {msg}"))
@@ -245,8 +248,10 @@ impl Config {
         }
         let schema = serde_yaml::to_value(Config::default()).expect("default config serialises");
         check_keys(&value, &schema, "").map_err(|m| bad(format!("{origin}: {m}")))?;
-        let cfg: Config = serde_yaml::from_value(value)
-            .map_err(|e| bad(format!("{origin}: {}", describe_type_error(&e.to_string()))))?;
+        let cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let inner = e.inner().to_string();
+            bad(format!("{origin}: {}", describe_type_error(&format!("{}: {inner}", e.path()))))
+        })?;
         cfg.validate().map_err(|m| bad(format!("{origin}: {m}")))?;
         Ok(cfg)
     }
@@ -257,20 +262,14 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        fn range(
-            ok: bool,
-            key: &str,
-            value: impl std::fmt::Display,
-            allowed: &str,
-        ) -> Result<(), String> {
+        fn range(ok: bool, key: &str, value: impl std::fmt::Display, allowed: &str) -> Result<(), String> {
             if ok {
                 Ok(())
             } else {
                 Err(format!("{key} = {value} is not allowed: {allowed}"))
             }
         }
-        crate::device::parse_device(&self.device)
-            .map_err(|m| format!("device = {:?}: {m}", self.device))?;
+        crate::device::parse_device(&self.device).map_err(|m| format!("device = {:?}: {m}", self.device))?;
         if DatasetName::parse(&self.dataset.name).is_none() {
             return Err(format!(
                 "dataset.name = {:?} is not a known dataset: use mnist, fashion-mnist or cifar10",
@@ -293,12 +292,7 @@ impl Config {
             format!("{:?}", n.channels),
             "a non-empty list of positive integers, e.g. [10, 20, 40, 80]",
         )?;
-        range(
-            n.pe_dim > 0 && n.pe_dim % 2 == 0,
-            "network.pe_dim",
-            n.pe_dim,
-            "an even number > 0",
-        )?;
+        range(n.pe_dim > 0 && n.pe_dim % 2 == 0, "network.pe_dim", n.pe_dim, "an even number > 0")?;
         let [_, h, w] = self.dataset_name().image_shape();
         let levels = n.channels.len() as u32 - 1;
         range(
@@ -308,63 +302,52 @@ impl Config {
             &format!("{levels} halvings of a {h}x{w} image leave nothing; use fewer levels"),
         )?;
         let t = &self.train;
-        range(
-            t.batch_size >= 1,
-            "train.batch_size",
-            t.batch_size,
-            "batch_size >= 1",
-        )?;
-        range(
-            t.n_epochs >= 1,
-            "train.n_epochs",
-            t.n_epochs,
-            "n_epochs >= 1",
-        )?;
+        range(t.batch_size >= 1, "train.batch_size", t.batch_size, "batch_size >= 1")?;
+        range(t.n_epochs >= 1, "train.n_epochs", t.n_epochs, "n_epochs >= 1")?;
         range(t.lr > 0.0 && t.lr.is_finite(), "train.lr", t.lr, "lr > 0")?;
-        range(
-            t.max_steps >= 0,
-            "train.max_steps",
-            t.max_steps,
-            "max_steps >= 0 (0 = no limit)",
-        )?;
-        range(
-            t.log_every >= 1,
-            "train.log_every",
-            t.log_every,
-            "log_every >= 1",
-        )?;
-        range(
-            t.grid_samples >= 0,
-            "train.grid_samples",
-            t.grid_samples,
-            "grid_samples >= 0 (0 = none)",
-        )?;
-        range(
-            t.keep_checkpoints >= 0,
-            "train.keep_checkpoints",
-            t.keep_checkpoints,
-            "keep_checkpoints >= 0",
-        )?;
-        range(
-            !t.run_dir.as_os_str().is_empty(),
-            "train.run_dir",
-            "\"\"",
-            "a folder path",
-        )?;
+        range(t.max_steps >= 0, "train.max_steps", t.max_steps, "max_steps >= 0 (0 = no limit)")?;
+        range(t.log_every >= 1, "train.log_every", t.log_every, "log_every >= 1")?;
+        range(t.grid_samples >= 0, "train.grid_samples", t.grid_samples, "grid_samples >= 0 (0 = none)")?;
+        range(t.keep_checkpoints >= 0, "train.keep_checkpoints", t.keep_checkpoints, "keep_checkpoints >= 0")?;
+        range(!t.run_dir.as_os_str().is_empty(), "train.run_dir", "\"\"", "a folder path")?;
         let s = &self.sample;
-        range(
-            s.n_samples >= 1,
-            "sample.n_samples",
-            s.n_samples,
-            "n_samples >= 1",
-        )?;
-        range(
-            s.batch_size >= 1,
-            "sample.batch_size",
-            s.batch_size,
-            "batch_size >= 1",
-        )?;
+        range(s.n_samples >= 1, "sample.n_samples", s.n_samples, "n_samples >= 1")?;
+        range(s.batch_size >= 1, "sample.batch_size", s.batch_size, "batch_size >= 1")?;
         range(s.padding >= 0, "sample.padding", s.padding, "padding >= 0")?;
+        range(
+            ["ddpm", "ddim"].contains(&s.sampler.to_lowercase().as_str()),
+            "sample.sampler",
+            format!("{:?}", s.sampler),
+            "ddpm or ddim",
+        )?;
+        let ddim = s.sampler.eq_ignore_ascii_case("ddim");
+        range(
+            s.steps >= 1 && (!ddim || s.steps <= d.n_steps),
+            "sample.steps",
+            s.steps,
+            &format!("1 <= steps <= n_steps ({})", d.n_steps),
+        )?;
+        range((0.0..=1.0).contains(&s.eta), "sample.eta", s.eta, "0 <= eta <= 1")?;
+        range(
+            crate::diffusion::ddim::Spacing::parse(&s.spacing).is_some(),
+            "sample.spacing",
+            format!("{:?}", s.spacing),
+            "uniform or quadratic",
+        )?;
+        range(s.guidance >= 0.0 && s.guidance.is_finite(), "sample.guidance", s.guidance, "guidance >= 0 (1 = none)")?;
+        range(
+            (0.0..=1.0).contains(&t.ema_decay) && t.ema_decay < 1.0,
+            "train.ema_decay",
+            t.ema_decay,
+            "0 <= ema_decay < 1 (0 = no EMA)",
+        )?;
+        range(
+            (0.0..1.0).contains(&t.cond_drop_prob),
+            "train.cond_drop_prob",
+            t.cond_drop_prob,
+            "0 <= cond_drop_prob < 1",
+        )?;
+        range(n.num_classes >= 0, "network.num_classes", n.num_classes, "num_classes >= 0 (0 = unconditional)")?;
         Ok(())
     }
 
@@ -381,14 +364,8 @@ fn strip_tags(v: &mut Value) {
             let inner = std::mem::replace(&mut t.value, Value::Null);
             let tag = t.tag.to_string();
             *v = match (tag.trim_start_matches('!'), inner) {
-                ("float", Value::String(s)) => s
-                    .parse::<f64>()
-                    .map(Value::from)
-                    .unwrap_or(Value::String(s)),
-                ("int", Value::String(s)) => s
-                    .parse::<i64>()
-                    .map(Value::from)
-                    .unwrap_or(Value::String(s)),
+                ("float", Value::String(s)) => s.parse::<f64>().map(Value::from).unwrap_or(Value::String(s)),
+                ("int", Value::String(s)) => s.parse::<i64>().map(Value::from).unwrap_or(Value::String(s)),
                 (_, other) => other,
             };
             strip_tags(v);
@@ -406,16 +383,12 @@ fn set_path(root: &mut Value, key: &str, raw: &str) -> Result<(), String> {
     let mut node = root;
     let parts: Vec<&str> = key.split('.').collect();
     for (i, part) in parts.iter().enumerate() {
-        let map = node
-            .as_mapping_mut()
-            .ok_or_else(|| format!("{} is not a section", parts[..i].join(".")))?;
+        let map = node.as_mapping_mut().ok_or_else(|| format!("{} is not a section", parts[..i].join(".")))?;
         if i + 1 == parts.len() {
             map.insert(Value::from(*part), parsed);
             return Ok(());
         }
-        node = map
-            .entry(Value::from(*part))
-            .or_insert_with(|| Value::Mapping(Default::default()));
+        node = map.entry(Value::from(*part)).or_insert_with(|| Value::Mapping(Default::default()));
     }
     Err("empty key".into())
 }
@@ -425,11 +398,7 @@ fn set_path(root: &mut Value, key: &str, raw: &str) -> Result<(), String> {
 fn check_keys(value: &Value, schema: &Value, prefix: &str) -> Result<(), String> {
     let (Some(map), Some(known)) = (value.as_mapping(), schema.as_mapping()) else {
         if schema.is_mapping() && !value.is_mapping() && !value.is_null() {
-            return Err(format!(
-                "{} must be a section of keys, not {}",
-                prefix.trim_end_matches('.'),
-                short(value)
-            ));
+            return Err(format!("{} must be a section of keys, not {}", prefix.trim_end_matches('.'), short(value)));
         }
         return Ok(());
     };
@@ -439,16 +408,9 @@ fn check_keys(value: &Value, schema: &Value, prefix: &str) -> Result<(), String>
             Some(sub) => check_keys(v, sub, &format!("{prefix}{name}."))?,
             None => {
                 let keys: Vec<&str> = known.keys().filter_map(Value::as_str).collect();
-                let nearest = keys
-                    .iter()
-                    .min_by_key(|c| edit_distance(&name, c))
-                    .copied()
-                    .unwrap_or("");
-                let section = if prefix.is_empty() {
-                    "top level".to_string()
-                } else {
-                    prefix.trim_end_matches('.').to_string()
-                };
+                let nearest = keys.iter().min_by_key(|c| edit_distance(&name, c)).copied().unwrap_or("");
+                let section =
+                    if prefix.is_empty() { "top level".to_string() } else { prefix.trim_end_matches('.').to_string() };
                 return Err(format!(
                     "unknown key '{prefix}{name}' (did you mean '{prefix}{nearest}'?; valid keys in {section}: {})",
                     keys.join(", ")
@@ -460,10 +422,7 @@ fn check_keys(value: &Value, schema: &Value, prefix: &str) -> Result<(), String>
 }
 
 fn short(v: &Value) -> String {
-    serde_yaml::to_string(v)
-        .unwrap_or_default()
-        .trim()
-        .to_string()
+    serde_yaml::to_string(v).unwrap_or_default().trim().to_string()
 }
 
 /// Turns serde_yaml's type errors into "key: got X, expected Y".

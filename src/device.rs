@@ -29,19 +29,13 @@ pub fn parse_device(s: &str) -> Result<DeviceRequest, String> {
 /// runs on the CPU; `cuda:N` beyond the GPUs present is an error that lists them.
 pub fn resolve(s: &str) -> anyhow::Result<Device> {
     let req = parse_device(s).map_err(|m| ConfigError(format!("device = {s:?}: {m}")))?;
-    let gpus = if Cuda::is_available() {
-        Cuda::device_count() as usize
-    } else {
-        0
-    };
+    let gpus = if Cuda::is_available() { Cuda::device_count() as usize } else { 0 };
     Ok(match req {
         DeviceRequest::Cpu => Device::Cpu,
         DeviceRequest::Auto if gpus > 0 => Device::Cuda(0),
         DeviceRequest::Auto => Device::Cpu,
         DeviceRequest::Cuda(_) if gpus == 0 => {
-            tracing::warn!(
-                "device {s} asked for, but CUDA is not available here: running on the CPU"
-            );
+            tracing::warn!("device {s} asked for, but CUDA is not available here: running on the CPU");
             Device::Cpu
         }
         DeviceRequest::Cuda(n) if n < gpus => Device::Cuda(n),

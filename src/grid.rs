@@ -11,18 +11,13 @@ use tch::{Kind, Tensor};
 
 /// `[N, C, H, W]` floats in [-1, 1] -> `u8` pixels on the CPU.
 pub fn to_pixels(xs: &Tensor) -> Tensor {
-    ((xs.to_kind(Kind::Float) + 1.0) / 2.0 * 255.0)
-        .clamp(0.0, 255.0)
-        .to_kind(Kind::Uint8)
-        .to_device(tch::Device::Cpu)
+    ((xs.to_kind(Kind::Float) + 1.0) / 2.0 * 255.0).clamp(0.0, 255.0).to_kind(Kind::Uint8).to_device(tch::Device::Cpu)
 }
 
 /// Lays `xs: [N, C, H, W]` out as a grid of `cols` columns, `pad` pixels apart (and around).
 pub fn grid_image(xs: &Tensor, cols: i64, pad: i64) -> Result<DynamicImage> {
     let size = xs.size();
-    let [n, c, h, w] = size[..] else {
-        bail!("expected [N, C, H, W] images, got {size:?}")
-    };
+    let [n, c, h, w] = size[..] else { bail!("expected [N, C, H, W] images, got {size:?}") };
     if c != 1 && c != 3 {
         bail!("images with {c} channels cannot be written as PNG (1 or 3)");
     }
@@ -44,13 +39,9 @@ pub fn grid_image(xs: &Tensor, cols: i64, pad: i64) -> Result<DynamicImage> {
         }
     }
     Ok(if c == 1 {
-        DynamicImage::ImageLuma8(
-            GrayImage::from_raw(gw as u32, gh as u32, buf).context("grid buffer")?,
-        )
+        DynamicImage::ImageLuma8(GrayImage::from_raw(gw as u32, gh as u32, buf).context("grid buffer")?)
     } else {
-        DynamicImage::ImageRgb8(
-            RgbImage::from_raw(gw as u32, gh as u32, buf).context("grid buffer")?,
-        )
+        DynamicImage::ImageRgb8(RgbImage::from_raw(gw as u32, gh as u32, buf).context("grid buffer")?)
     })
 }
 
@@ -66,11 +57,9 @@ pub fn default_cols(n: i64) -> i64 {
 /// Encodes an image as PNG and writes it atomically.
 pub fn save_png(img: &DynamicImage, path: &Path) -> Result<()> {
     let mut bytes = Vec::new();
-    img.write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)
-        .context("encoding PNG")?;
+    img.write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png).context("encoding PNG")?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating folder {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating folder {}", dir.display()))?;
     }
     write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))
 }

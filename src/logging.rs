@@ -27,9 +27,8 @@ pub fn bars() -> &'static MultiProgress {
 
 /// A bar of `len` steps with the given template, added to [`bars`].
 pub fn progress_bar(len: u64, template: &str) -> ProgressBar {
-    let style = ProgressStyle::with_template(template)
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+    let style =
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> ");
     bars().add(ProgressBar::new(len).with_style(style))
 }
 
@@ -55,11 +54,7 @@ impl<'a> MakeWriter<'a> for StderrW {
 struct FileW;
 impl Write for FileW {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Some(f) = LOG_FILE
-            .lock()
-            .map_err(|_| std::io::Error::other("log lock"))?
-            .as_mut()
-        {
+        if let Some(f) = LOG_FILE.lock().map_err(|_| std::io::Error::other("log lock"))?.as_mut() {
             f.write_all(buf)?;
         }
         Ok(buf.len())
@@ -81,19 +76,9 @@ pub fn init(verbose: bool) {
     let default = if verbose { "debug" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let stderr = tracing_subscriber::fmt::layer()
-        .with_writer(StderrW)
-        .with_target(false)
-        .compact();
-    let file = tracing_subscriber::fmt::layer()
-        .with_writer(FileW)
-        .with_target(false)
-        .with_ansi(false);
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(stderr)
-        .with(file)
-        .try_init();
+    let stderr = tracing_subscriber::fmt::layer().with_writer(StderrW).with_target(false).compact();
+    let file = tracing_subscriber::fmt::layer().with_writer(FileW).with_target(false).with_ansi(false);
+    let _ = tracing_subscriber::registry().with(filter).with(stderr).with(file).try_init();
 }
 
 /// From now on log lines also go (appended) to `path`.

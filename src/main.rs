@@ -3,7 +3,9 @@
 use clap::Parser;
 use ddpm::cli::{Cli, Command};
 use ddpm::config::{Config, ConfigError};
-use ddpm::sample::SampleRequest;
+use ddpm::interrupt::Interrupted;
+use ddpm::sample::{LabelChoice, SampleRequest};
+use ddpm::train::TrainOptions;
 use std::process::ExitCode;
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
@@ -16,14 +18,25 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         _ => Config::load(&cli.config, &overrides)?,
     };
     match &cli.command {
-        Command::Train(_) => {
-            ddpm::train::train(&cfg)?;
+        Command::Train(a) => {
+            ddpm::train::train(&cfg, TrainOptions { resume: a.resume, overwrite: a.overwrite })?;
         }
         Command::Sample(a) => {
+            let label =
+                match a.label.as_deref() {
+                    None => None,
+                    Some("all") => Some(LabelChoice::All),
+                    Some(s) => Some(LabelChoice::One(s.parse().map_err(|_| {
+                        ConfigError(format!("--label {s:?}: expected a class number (0, 1, ...) or all"))
+                    })?)),
+                };
             let req = SampleRequest {
                 checkpoint: a.checkpoint.clone(),
                 out: a.out.clone(),
                 save_tensor: a.save_tensor.clone(),
+                label,
+                guidance_given: a.guidance.is_some(),
+                process: a.process,
             };
             ddpm::sample::sample(&cfg, &req)?;
         }
@@ -38,11 +51,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             let _ = ddpm::logging::bars().clear();
+            if let Some(i) = err.downcast_ref::<Interrupted>() {
+                eprintln!("{}", i.message);
+                return ExitCode::from(i.code);
+            }
             eprintln!("error: {err:#}");
-            if err
-                .chain()
-                .any(|e| e.downcast_ref::<ConfigError>().is_some())
-            {
+            if err.chain().any(|e| e.downcast_ref::<ConfigError>().is_some()) {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)

@@ -1,32 +1,34 @@
 //! The training loop: the whole dataset in memory as u8, a fresh permutation each epoch,
 //! batches converted to [-1, 1] on the device, `t ~ U{0..n_steps-1}` and `noise ~ N(0, 1)` per
-//! sample, loss `MSE(net(x_t, t), noise)`, Adam. The host syncs with the device only when the
-//! loss is logged (every `train.log_every` steps).
+//! sample, loss `MSE(net(x_t, t), noise)`, Adam, and an EMA of the weights. The host syncs with
+//! the device only when the loss is logged (every `train.log_every` steps).
 //!
 //! The random generator is re-seeded from `(seed, epoch)` for each epoch's permutation and from
-//! `(seed, step)` for each step, so a run is reproducible and the per-epoch sample grids (drawn
-//! from a fixed seed) do not disturb the training stream.
+//! `(seed, step)` for each step. A run is therefore reproducible, the per-epoch sample grids
+//! (drawn from a fixed seed) do not disturb the training stream, and a resumed run needs only
+//! the step, the epoch and the position in the epoch to continue exactly where it stopped.
 
-use crate::checkpoint::{self, ModelInfo};
-use crate::config::Config;
-use crate::data::{self, Split};
-use crate::diffusion::ddpm::SampleOptions;
+use crate::checkpoint::{self, Checkpoint, ModelInfo};
+use crate::config::{Config, ConfigError};
+use crate::data::{self, ImageDataset, Split};
 use crate::diffusion::{Ddpm, Schedule};
+use crate::ema::Ema;
+use crate::interrupt::{self, Interrupted};
 use crate::model::{self, Denoiser};
+use crate::optim::{Adam, AdamConfig};
+use crate::run_dir::{self, RunLock};
 use crate::tensorboard::EventWriter;
 use crate::{device, grid, logging, plot};
 use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::{nn, nn::OptimizerConfig, Device, Kind, Reduction, Tensor};
+use tch::{nn, Device, Kind, Reduction, Tensor};
 
-/// Seeds derived from the run's seed, one stream per purpose.
+/// Seeds derived from the run's seed, one stream per purpose (splitmix64; positive).
 pub fn derived_seed(seed: u64, purpose: u64, index: i64) -> i64 {
-    // splitmix64 of the three values: well spread, and positive for manual_seed.
-    let mut z = seed
-        ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ (index as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let mut z = seed ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (index as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     ((z ^ (z >> 31)) >> 1) as i64
@@ -34,7 +36,16 @@ pub fn derived_seed(seed: u64, purpose: u64, index: i64) -> i64 {
 const SEED_EPOCH: u64 = 1;
 const SEED_STEP: u64 = 2;
 
-/// What a finished (or stopped) run reports.
+/// How to start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrainOptions {
+    /// Continue from the run_dir's latest checkpoint.
+    pub resume: bool,
+    /// Start over in a run_dir that already has checkpoints, deleting them.
+    pub overwrite: bool,
+}
+
+/// What a finished run reports.
 #[derive(Debug, Clone)]
 pub struct TrainSummary {
     pub steps: i64,
@@ -44,231 +55,430 @@ pub struct TrainSummary {
     pub latest: PathBuf,
 }
 
-/// One line of `metrics.jsonl`.
-fn metrics_line(step: i64, epoch: i64, loss: f64, lr: f64, ips: f64, elapsed: f64) -> String {
-    serde_json::json!({
-        "step": step, "epoch": epoch, "loss": loss, "lr": lr, "images_per_sec": ips, "elapsed_sec": elapsed
-    })
-    .to_string()
+/// Where training stands: `epoch` (1-based) and the batches of it already done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    step: i64,
+    epoch: i64,
+    batch: i64,
 }
 
-/// Samples `n` images from `net` with a fixed seed (for per-epoch grids).
-pub fn sample_grid(
-    net: &dyn Denoiser,
-    ddpm: &Ddpm,
-    cfg: &Config,
-    shape: [i64; 3],
-    n: i64,
+struct Trainer<'a> {
+    cfg: &'a Config,
+    run_dir: PathBuf,
     device: Device,
-) -> Tensor {
-    tch::manual_seed(cfg.seed as i64);
-    let noise = Tensor::randn([n, shape[0], shape[1], shape[2]], (Kind::Float, device));
-    let opts = SampleOptions {
-        simple_var: cfg.sample.simple_var,
-        clip_x0: cfg.sample.clip_x0,
-    };
-    ddpm.sample(net, noise, opts, |_, _| {})
+    shape: [i64; 3],
+    dataset: ImageDataset,
+    vs: nn::VarStore,
+    net: Box<dyn Denoiser>,
+    ema: Option<(Ema, Box<dyn Denoiser>)>,
+    opt: Adam,
+    ddpm: Ddpm,
+    info: ModelInfo,
+    pos: Position,
+    curve: Vec<(i64, f64)>,
 }
 
-/// Prepares the run directory: config, log file.
-fn prepare_run_dir(cfg: &Config) -> Result<PathBuf> {
-    let dir = cfg.train.run_dir.clone();
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create run_dir {}", dir.display()))?;
-    crate::fsutil::write_atomic(&dir.join("config.yml"), cfg.to_yaml().as_bytes())
-        .with_context(|| format!("cannot write into run_dir {}", dir.display()))?;
-    logging::log_to_file(&dir.join("train.log"))?;
-    Ok(dir)
+/// Builds the network described by `cfg` on `device` in a fresh store.
+fn build_net(cfg: &Config, shape: [i64; 3], device: Device) -> (nn::VarStore, Box<dyn Denoiser>) {
+    let vs = nn::VarStore::new(device);
+    let net = model::build(&vs, &cfg.network, shape, cfg.ddpm.n_steps);
+    (vs, net)
+}
+
+impl Trainer<'_> {
+    fn steps_per_epoch(&self) -> i64 {
+        (self.dataset.len() + self.cfg.train.batch_size - 1) / self.cfg.train.batch_size
+    }
+
+    fn total_steps(&self) -> i64 {
+        let all = self.steps_per_epoch() * self.cfg.train.n_epochs;
+        match self.cfg.train.max_steps {
+            0 => all,
+            m => m.min(all),
+        }
+    }
+
+    /// One optimizer step on the batch `idx`; returns the (device) loss.
+    fn step(&mut self, idx: &Tensor) -> Tensor {
+        let c = self.cfg;
+        let len = idx.size()[0];
+        tch::manual_seed(derived_seed(c.seed, SEED_STEP, self.pos.step));
+        let x0 = self.dataset.batch(idx, self.device);
+        let t = Tensor::randint(c.ddpm.n_steps, [len], (Kind::Int64, self.device));
+        let noise = x0.randn_like();
+        let labels = (self.net.num_classes() > 0).then(|| {
+            let y = self.dataset.labels.index_select(0, idx).to_device(self.device);
+            // Label dropout to the null class (index num_classes) for classifier-free guidance.
+            let drop = Tensor::rand([len], (Kind::Float, self.device)).lt(c.train.cond_drop_prob);
+            y.where_self(&drop.logical_not(), &y.full_like(self.net.num_classes()))
+        });
+        let x_t = self.ddpm.add_noise(&x0, &noise, &t);
+        let loss = self.net.forward(&x_t, &t, labels.as_ref()).mse_loss(&noise, Reduction::Mean);
+        self.opt.backward_step(&loss);
+        if let Some((ema, _)) = &mut self.ema {
+            ema.update(self.pos.step);
+        }
+        self.pos.step += 1;
+        loss.detach()
+    }
+
+    fn sampling_net(&self) -> &dyn Denoiser {
+        match &self.ema {
+            Some((_, net)) => net.as_ref(),
+            None => self.net.as_ref(),
+        }
+    }
+
+    /// Saves `latest` (weights, EMA, training state) and, at the end of an epoch, the epoch's
+    /// checkpoint. Refuses to write non-finite weights.
+    fn save(&mut self, end_of_epoch: bool) -> Result<()> {
+        let finite =
+            tch::no_grad(|| self.vs.trainable_variables().iter().all(|t| t.isfinite().all().int64_value(&[]) == 1));
+        if !finite {
+            bail!(
+                "the weights contain NaN or infinity at step {}; not saving them. The last good checkpoint is {}",
+                self.pos.step,
+                checkpoint::latest_path(&self.run_dir).display()
+            );
+        }
+        self.info.epoch = self.pos.epoch;
+        self.info.step = self.pos.step;
+        let latest = checkpoint::latest_path(&self.run_dir);
+        let mut targets = vec![latest.clone()];
+        if end_of_epoch && self.cfg.train.keep_checkpoints > 0 {
+            targets.push(checkpoint::epoch_path(&self.run_dir, self.pos.epoch));
+        }
+        for path in &targets {
+            // Companions first, weights last: a complete weights file implies its companions.
+            if *path == latest {
+                self.save_state(&checkpoint::companion(path, "state"))?;
+            }
+            if let Some((ema, _)) = &self.ema {
+                checkpoint::save(&ema.vs, &self.info, &checkpoint::companion(path, "ema"))?;
+            }
+            checkpoint::save(&self.vs, &self.info, path)?;
+        }
+        if end_of_epoch {
+            checkpoint::rotate(&self.run_dir, self.cfg.train.keep_checkpoints as usize)?;
+        }
+        tracing::info!("saved checkpoint {} (epoch {}, step {})", latest.display(), self.pos.epoch, self.pos.step);
+        Ok(())
+    }
+
+    fn save_state(&self, path: &Path) -> Result<()> {
+        let meta = HashMap::from([
+            ("step".to_string(), self.pos.step.to_string()),
+            ("epoch".to_string(), self.pos.epoch.to_string()),
+            ("batch".to_string(), self.pos.batch.to_string()),
+            ("seed".to_string(), self.cfg.seed.to_string()),
+            ("batch_size".to_string(), self.cfg.train.batch_size.to_string()),
+            ("adam_step".to_string(), self.opt.step.to_string()),
+        ]);
+        checkpoint::save_tensors(&self.opt.state(), meta, path)
+    }
+
+    /// Restores weights, EMA, optimizer moments and position from the latest checkpoint.
+    fn resume(&mut self) -> Result<()> {
+        let latest = checkpoint::latest_path(&self.run_dir);
+        let ck = Checkpoint::read(&latest)?;
+        if let Some(info) = &ck.info {
+            let want = ModelInfo::from_config(self.cfg);
+            if info.network != want.network || info.ddpm != want.ddpm || info.image_shape != want.image_shape {
+                bail!(ConfigError(format!(
+                    "--resume: {} was trained with network {:?}, ddpm {:?}, images {:?}, but the config asks for network {:?}, ddpm {:?}, images {:?}",
+                    latest.display(), info.network, info.ddpm, info.image_shape, want.network, want.ddpm, want.image_shape
+                )));
+            }
+        }
+        ck.load_into(&mut self.vs)?;
+        let state_path = checkpoint::companion(&latest, "state");
+        let state = Checkpoint::read(&state_path)
+            .with_context(|| "--resume needs the training state saved beside the checkpoint")?;
+        let meta = state.metadata();
+        let num = |k: &str| -> Result<i64> {
+            meta.get(k)
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("{}: metadata lacks '{k}'", state_path.display()))
+        };
+        let pos = Position { step: num("step")?, epoch: num("epoch")?, batch: num("batch")? };
+        if ck.info.as_ref().is_some_and(|i| i.step != pos.step) {
+            bail!(
+                "{} (step {}) and {} (step {}) do not belong together",
+                latest.display(),
+                ck.info.as_ref().map_or(0, |i| i.step),
+                state_path.display(),
+                pos.step
+            );
+        }
+        if num("batch_size")? != self.cfg.train.batch_size || num("seed")? != self.cfg.seed as i64 {
+            bail!(ConfigError(format!(
+                "--resume: the run used batch_size {} and seed {}; resume with the same values (the config has {} and {})",
+                num("batch_size")?, num("seed")?, self.cfg.train.batch_size, self.cfg.seed
+            )));
+        }
+        self.opt
+            .load_state(&state.tensors()?, num("adam_step")?)
+            .map_err(|m| anyhow::anyhow!("{}: {m}", state_path.display()))?;
+        if let Some((ema, _)) = &mut self.ema {
+            let ema_path = checkpoint::companion(&latest, "ema");
+            if ema_path.exists() {
+                Checkpoint::read(&ema_path)?.load_into(&mut ema.vs)?;
+            } else {
+                tracing::warn!("{} is missing: the EMA restarts from the current weights", ema_path.display());
+                ema.vs.copy(&self.vs)?;
+            }
+        }
+        self.pos = pos;
+        self.curve = read_curve(&self.run_dir, pos.step)?;
+        tracing::info!("resumed from {} at epoch {}, step {}", latest.display(), pos.epoch, pos.step);
+        Ok(())
+    }
+
+    fn interrupted(&mut self, code: u8) -> Result<()> {
+        self.save(false)?;
+        let how = if code == interrupt::EXIT_SIGINT { "Ctrl-C" } else { "SIGTERM" };
+        Err(Interrupted {
+            code,
+            message: format!(
+                "interrupted by {how} at step {} (epoch {}); saved {}. Continue with `ddpm train --config <this config> --resume`",
+                self.pos.step,
+                self.pos.epoch,
+                checkpoint::latest_path(&self.run_dir).display()
+            ),
+        }
+        .into())
+    }
+
+    fn run(&mut self) -> Result<TrainSummary> {
+        let c = self.cfg;
+        let n_images = self.dataset.len();
+        let bs = c.train.batch_size;
+        let spe = self.steps_per_epoch();
+        let total = self.total_steps();
+        let mut metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.run_dir.join("metrics.jsonl"))
+            .with_context(|| format!("cannot write metrics into {}", self.run_dir.display()))?;
+        let mut tb = EventWriter::create(&self.run_dir.join("tensorboard"))?;
+        let started = Instant::now();
+        let (mut last_loss, mut ips) = (f64::NAN, 0.0);
+        if self.pos.batch >= spe {
+            self.pos = Position { epoch: self.pos.epoch + 1, batch: 0, ..self.pos };
+        }
+        if self.pos.epoch == 0 {
+            self.pos.epoch = 1;
+        }
+        while self.pos.epoch <= c.train.n_epochs && self.pos.step < total {
+            let epoch = self.pos.epoch;
+            let epoch_start = Instant::now();
+            tch::manual_seed(derived_seed(c.seed, SEED_EPOCH, epoch));
+            let perm = Tensor::randperm(n_images, (Kind::Int64, Device::Cpu));
+            let last_batch = spe.min(self.pos.batch + total - self.pos.step);
+            let bar = logging::progress_bar(
+                (last_batch - self.pos.batch) as u64,
+                "{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}",
+            );
+            bar.set_prefix(format!("epoch {epoch}/{}", c.train.n_epochs));
+            let mut epoch_sum = Tensor::zeros([], (Kind::Float, self.device));
+            let mut window_sum = Tensor::zeros([], (Kind::Float, self.device));
+            let (mut window_steps, mut window_images, mut window_start) = (0i64, 0i64, Instant::now());
+            let (mut epoch_steps, mut epoch_images) = (0i64, 0i64);
+            while self.pos.batch < last_batch {
+                let b = self.pos.batch;
+                let len = bs.min(n_images - b * bs);
+                let loss = self.step(&perm.narrow(0, b * bs, len));
+                self.pos.batch += 1;
+                epoch_sum += &loss;
+                window_sum += &loss;
+                (window_steps, window_images) = (window_steps + 1, window_images + len);
+                (epoch_steps, epoch_images) = (epoch_steps + 1, epoch_images + len);
+                bar.inc(1);
+                let step = self.pos.step;
+                if step % c.train.log_every == 0 || self.pos.batch == last_batch {
+                    let mean = window_sum.double_value(&[]) / window_steps as f64;
+                    if !mean.is_finite() {
+                        bar.abandon();
+                        bail!(
+                            "the loss became {mean} at step {step} (epoch {epoch}); stopping without saving. \
+                             The last good checkpoint is {} (try a lower train.lr)",
+                            checkpoint::latest_path(&self.run_dir).display()
+                        );
+                    }
+                    ips = window_images as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
+                    last_loss = mean;
+                    self.curve.push((step, mean));
+                    bar.set_message(format!("loss {mean:.4} | {ips:.0} img/s"));
+                    let row = serde_json::json!({
+                        "step": step, "epoch": epoch, "loss": mean, "lr": self.opt.lr,
+                        "images_per_sec": ips, "elapsed_sec": started.elapsed().as_secs_f64()
+                    });
+                    writeln!(metrics, "{row}").context("writing metrics.jsonl")?;
+                    tb.scalar("train/loss", step, mean)?;
+                    tb.scalar("train/images_per_sec", step, ips)?;
+                    let _ = window_sum.zero_();
+                    (window_steps, window_images, window_start) = (0, 0, Instant::now());
+                }
+                if let Some(code) = interrupt::pending() {
+                    bar.abandon();
+                    tb.flush()?;
+                    return Err(self.interrupted(code).unwrap_err());
+                }
+            }
+            bar.finish_and_clear();
+            let epoch_loss = epoch_sum.double_value(&[]) / epoch_steps.max(1) as f64;
+            let secs = epoch_start.elapsed().as_secs_f64();
+            tracing::info!(
+                "epoch {epoch}/{}: loss {epoch_loss:.5}, {epoch_steps} steps, {secs:.1} s, {:.0} images/s",
+                c.train.n_epochs,
+                epoch_images as f64 / secs
+            );
+            tb.scalar("train/epoch_loss", self.pos.step, epoch_loss)?;
+            tb.flush()?;
+            self.save(self.pos.batch == spe)?;
+            plot::save_loss_curve(&self.curve, &self.run_dir.join("loss.png"))?;
+            if c.train.grid_samples > 0 {
+                self.write_grid(epoch)?;
+            }
+            if self.pos.batch == spe {
+                self.pos = Position { epoch: epoch + 1, batch: 0, ..self.pos };
+            }
+        }
+        let latest = checkpoint::latest_path(&self.run_dir);
+        tracing::info!(
+            "done: step {} in {:.1} s; checkpoint {}; sample with `ddpm sample --config <this config>`",
+            self.pos.step,
+            started.elapsed().as_secs_f64(),
+            latest.display()
+        );
+        Ok(TrainSummary {
+            steps: self.pos.step,
+            epochs: self.pos.epoch.min(c.train.n_epochs),
+            last_loss,
+            images_per_sec: ips,
+            latest,
+        })
+    }
+
+    /// The per-epoch grid from the EMA weights (if any), with fixed noise; conditional models
+    /// get one row per class.
+    fn write_grid(&self, epoch: i64) -> Result<()> {
+        let c = self.cfg;
+        let classes = self.net.num_classes();
+        let n = c.train.grid_samples;
+        let labels = (classes > 0).then(|| {
+            let per = (n + classes - 1) / classes;
+            Tensor::arange(classes, (Kind::Int64, self.device)).repeat_interleave_self_int(per, 0, None)
+        });
+        let n = labels.as_ref().map_or(n, |l| l.size()[0]);
+        let mut sc = crate::sample::sampler_config(c)?;
+        sc.guidance = if classes > 0 { c.sample.guidance } else { 1.0 };
+        tch::manual_seed(c.seed as i64);
+        let noise = Tensor::randn([n, self.shape[0], self.shape[1], self.shape[2]], (Kind::Float, self.device));
+        let xs = crate::diffusion::sampler::sample(
+            self.sampling_net(),
+            &self.ddpm,
+            noise,
+            labels.as_ref(),
+            &sc,
+            |_, _, _| {},
+        );
+        let path = self.run_dir.join("samples").join(format!("epoch-{epoch:04}.png"));
+        let cols = if classes > 0 { n / classes } else { grid::default_cols(n) };
+        grid::save_png(&grid::grid_image(&xs, cols, c.sample.padding)?, &path)?;
+        tracing::info!("wrote {}", path.display());
+        Ok(())
+    }
+}
+
+/// The loss curve logged so far, up to `step` (metrics.jsonl is cut back to it, so a resumed
+/// run does not log the interrupted steps twice).
+fn read_curve(run_dir: &Path, step: i64) -> Result<Vec<(i64, f64)>> {
+    let path = run_dir.join("metrics.jsonl");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Vec::new()) };
+    let mut kept = String::new();
+    let mut curve = Vec::new();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let (Some(s), Some(l)) = (v["step"].as_i64(), v["loss"].as_f64()) else { continue };
+        if s <= step {
+            curve.push((s, l));
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    crate::fsutil::write_atomic(&path, kept.as_bytes())?;
+    Ok(curve)
 }
 
 /// `ddpm train`.
-pub fn train(cfg: &Config) -> Result<TrainSummary> {
+pub fn train(cfg: &Config, opts: TrainOptions) -> Result<TrainSummary> {
     if cfg.threads > 0 {
         tch::set_num_threads(cfg.threads as i32);
     }
     let device = device::resolve(&cfg.device)?;
-    let run_dir = prepare_run_dir(cfg)?;
+    let run_dir = cfg.train.run_dir.clone();
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create run_dir {}", run_dir.display()))?;
+    let _lock = RunLock::acquire(&run_dir)?;
+    run_dir::check_fresh_start(&run_dir, opts.resume, opts.overwrite)?;
+    crate::fsutil::write_atomic(&run_dir.join("config.yml"), cfg.to_yaml().as_bytes())
+        .with_context(|| format!("cannot write into run_dir {}", run_dir.display()))?;
+    logging::log_to_file(&run_dir.join("train.log"))?;
+    interrupt::install()?;
     tracing::info!("run directory {}", run_dir.display());
+
     let dataset = data::load(&cfg.dataset, Split::Train)?;
     let name = cfg.dataset_name();
-    if dataset.image_shape() != name.image_shape() {
+    let shape = name.image_shape();
+    if dataset.image_shape() != shape {
         bail!(
             "{} images are {:?}, but {} images should be {:?}",
             cfg.dataset.root.display(),
             dataset.image_shape(),
             name.as_str(),
-            name.image_shape()
+            shape
         );
     }
-    let n_images = dataset.len();
-    tracing::info!(
-        "{}: {n_images} training images of {:?}",
-        name.as_str(),
-        dataset.image_shape()
-    );
+    tracing::info!("{}: {} training images of {:?}", name.as_str(), dataset.len(), shape);
 
     tch::manual_seed(cfg.seed as i64);
-    let vs = nn::VarStore::new(device);
-    let shape = name.image_shape();
-    let net = model::build(&vs, &cfg.network, shape, cfg.ddpm.n_steps);
+    let (vs, net) = build_net(cfg, shape, device);
+    let ema = (cfg.train.ema_decay > 0.0).then(|| {
+        let (evs, enet) = build_net(cfg, shape, device);
+        (Ema::new(&vs, evs, cfg.train.ema_decay), enet)
+    });
     tracing::info!(
-        "network channels {:?}, pe_dim {}, residual {}: {} trainable parameters; device {}",
+        "network channels {:?}, pe_dim {}, residual {}, classes {}: {} trainable parameters; EMA {}; device {}",
         cfg.network.channels,
         cfg.network.pe_dim,
         cfg.network.residual,
+        cfg.network.num_classes,
         model::trainable_parameters(&vs),
+        if cfg.train.ema_decay > 0.0 { format!("decay {}", cfg.train.ema_decay) } else { "off".into() },
         device::describe(device)
     );
-    let ddpm = Ddpm::new(
-        Schedule::linear(cfg.ddpm.n_steps, cfg.ddpm.min_beta, cfg.ddpm.max_beta),
-        device,
-    );
-    let mut opt = nn::Adam::default().build(&vs, cfg.train.lr)?;
-
-    let bs = cfg.train.batch_size;
-    let steps_per_epoch = (n_images + bs - 1) / bs;
-    let total_steps = match cfg.train.max_steps {
-        0 => steps_per_epoch * cfg.train.n_epochs,
-        m => m.min(steps_per_epoch * cfg.train.n_epochs),
-    };
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run_dir.join("metrics.jsonl"))
-        .with_context(|| format!("cannot write metrics into {}", run_dir.display()))?;
-    let mut tb = EventWriter::create(&run_dir.join("tensorboard"))?;
-    let mut curve: Vec<(i64, f64)> = Vec::new();
+    let ddpm = Ddpm::new(Schedule::linear(cfg.ddpm.n_steps, cfg.ddpm.min_beta, cfg.ddpm.max_beta), device);
+    let opt = Adam::new(&vs, cfg.train.lr, AdamConfig::default());
     let mut info = ModelInfo::from_config(cfg);
     info.class_names = dataset.class_names.clone();
-
-    let started = Instant::now();
-    let mut step = 0i64;
-    let mut last_loss = f64::NAN;
-    let mut ips = 0.0;
-    let mut epoch = 0;
-    while epoch < cfg.train.n_epochs && step < total_steps {
-        epoch += 1;
-        let epoch_start = Instant::now();
-        tch::manual_seed(derived_seed(cfg.seed, SEED_EPOCH, epoch));
-        let perm = Tensor::randperm(n_images, (Kind::Int64, Device::Cpu));
-        let steps_this_epoch = steps_per_epoch.min(total_steps - step);
-        let bar = logging::progress_bar(
-            steps_this_epoch as u64,
-            "{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}",
-        );
-        bar.set_prefix(format!("epoch {epoch}/{}", cfg.train.n_epochs));
-        let mut epoch_sum = Tensor::zeros([], (Kind::Float, device));
-        let mut window_sum = Tensor::zeros([], (Kind::Float, device));
-        let (mut window_steps, mut window_images, mut window_start) = (0i64, 0i64, Instant::now());
-        let mut epoch_images = 0i64;
-        for b in 0..steps_this_epoch {
-            let len = bs.min(n_images - b * bs);
-            let idx = perm.narrow(0, b * bs, len);
-            tch::manual_seed(derived_seed(cfg.seed, SEED_STEP, step));
-            let x0 = dataset.batch(&idx, device);
-            let t = Tensor::randint(cfg.ddpm.n_steps, [len], (Kind::Int64, device));
-            let noise = x0.randn_like();
-            let x_t = ddpm.add_noise(&x0, &noise, &t);
-            let loss = net.forward(&x_t, &t).mse_loss(&noise, Reduction::Mean);
-            opt.backward_step(&loss);
-            let loss = loss.detach();
-            epoch_sum += &loss;
-            window_sum += &loss;
-            step += 1;
-            window_steps += 1;
-            window_images += len;
-            epoch_images += len;
-            bar.inc(1);
-            if step % cfg.train.log_every == 0 || b + 1 == steps_this_epoch {
-                let mean = window_sum.double_value(&[]) / window_steps as f64;
-                if !mean.is_finite() {
-                    bar.abandon();
-                    bail!(
-                        "the loss became {mean} at step {step} (epoch {epoch}); stopping without saving. \
-                         The last good checkpoint is {} (try a lower train.lr)",
-                        checkpoint::latest_path(&run_dir).display()
-                    );
-                }
-                ips = window_images as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
-                last_loss = mean;
-                curve.push((step, mean));
-                bar.set_message(format!("loss {mean:.4} | {ips:.0} img/s"));
-                writeln!(
-                    metrics,
-                    "{}",
-                    metrics_line(
-                        step,
-                        epoch,
-                        mean,
-                        cfg.train.lr,
-                        ips,
-                        started.elapsed().as_secs_f64()
-                    )
-                )
-                .context("writing metrics.jsonl")?;
-                tb.scalar("train/loss", step, mean)?;
-                tb.scalar("train/images_per_sec", step, ips)?;
-                let _ = window_sum.zero_();
-                (window_steps, window_images, window_start) = (0, 0, Instant::now());
-            }
-        }
-        bar.finish_and_clear();
-        let epoch_loss = epoch_sum.double_value(&[]) / steps_this_epoch.max(1) as f64;
-        let secs = epoch_start.elapsed().as_secs_f64();
-        tracing::info!(
-            "epoch {epoch}/{}: loss {epoch_loss:.5}, {steps_this_epoch} steps, {:.1} s, {:.0} images/s",
-            cfg.train.n_epochs,
-            secs,
-            epoch_images as f64 / secs
-        );
-        tb.scalar("train/epoch_loss", step, epoch_loss)?;
-        tb.flush()?;
-        info.epoch = epoch;
-        info.step = step;
-        save_checkpoints(&vs, &info, &run_dir, cfg.train.keep_checkpoints)?;
-        plot::save_loss_curve(&curve, &run_dir.join("loss.png"))?;
-        if cfg.train.grid_samples > 0 {
-            let xs = sample_grid(
-                net.as_ref(),
-                &ddpm,
-                cfg,
-                shape,
-                cfg.train.grid_samples,
-                device,
-            );
-            let path = run_dir
-                .join("samples")
-                .join(format!("epoch-{epoch:04}.png"));
-            grid::save_grid(&xs, &path, cfg.sample.padding)?;
-            tracing::info!("wrote {}", path.display());
-        }
+    let mut trainer = Trainer {
+        cfg,
+        run_dir,
+        device,
+        shape,
+        dataset,
+        vs,
+        net,
+        ema,
+        opt,
+        ddpm,
+        info,
+        pos: Position { step: 0, epoch: 0, batch: 0 },
+        curve: Vec::new(),
+    };
+    if opts.resume {
+        trainer.resume()?;
     }
-    let latest = checkpoint::latest_path(&run_dir);
-    tracing::info!(
-        "done: {step} steps in {:.1} s; checkpoint {}; sample with `ddpm sample --config <this config>`",
-        started.elapsed().as_secs_f64(),
-        latest.display()
-    );
-    Ok(TrainSummary {
-        steps: step,
-        epochs: epoch,
-        last_loss,
-        images_per_sec: ips,
-        latest,
-    })
-}
-
-/// Writes the epoch checkpoint and `latest`, then drops old epoch checkpoints.
-fn save_checkpoints(vs: &nn::VarStore, info: &ModelInfo, run_dir: &Path, keep: i64) -> Result<()> {
-    let epoch_file = checkpoint::epoch_path(run_dir, info.epoch);
-    if keep > 0 {
-        checkpoint::save(vs, info, &epoch_file)?;
-    }
-    checkpoint::save(vs, info, &checkpoint::latest_path(run_dir))?;
-    checkpoint::rotate(run_dir, keep as usize)?;
-    tracing::info!(
-        "saved checkpoint {}",
-        checkpoint::latest_path(run_dir).display()
-    );
-    Ok(())
+    trainer.run()
 }

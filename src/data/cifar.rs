@@ -19,7 +19,7 @@ pub fn file_names(split: Split) -> Vec<String> {
 
 /// Parses one batch file's bytes into (labels, pixels).
 pub fn parse_batch(file: &Path, bytes: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
-    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
         bail!(
             "{}: {} bytes is not a whole number of CIFAR-10 records ({RECORD} bytes each: 1 label + 3072 pixels){}",
             file.display(),
@@ -32,12 +32,7 @@ pub fn parse_batch(file: &Path, bytes: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
     let mut pixels = Vec::with_capacity(n * (RECORD - 1));
     for rec in bytes.chunks_exact(RECORD) {
         if rec[0] > 9 {
-            bail!(
-                "{}: label {} in record {} is not a CIFAR-10 class (0..9)",
-                file.display(),
-                rec[0],
-                labels.len()
-            );
+            bail!("{}: label {} in record {} is not a CIFAR-10 class (0..9)", file.display(), rec[0], labels.len());
         }
         labels.push(rec[0]);
         pixels.extend_from_slice(&rec[1..]);
@@ -50,12 +45,7 @@ pub fn read_class_names(dir: &Path) -> Vec<String> {
     let official = super::class_names(crate::config::DatasetName::Cifar10);
     match std::fs::read_to_string(dir.join("batches.meta.txt")) {
         Ok(text) => {
-            let names: Vec<String> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(String::from)
-                .collect();
+            let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
             if names.len() == 10 {
                 names
             } else {
@@ -86,10 +76,7 @@ pub fn read_split(dir: &Path, split: Split) -> Result<ImageDataset> {
 }
 
 fn complete(dir: &Path) -> bool {
-    file_names(Split::Train)
-        .iter()
-        .chain(file_names(Split::Test).iter())
-        .all(|f| dir.join(f).exists())
+    file_names(Split::Train).iter().chain(file_names(Split::Test).iter()).all(|f| dir.join(f).exists())
 }
 
 /// Finds `cifar-10-batches-bin` under `root`, downloading it when allowed.

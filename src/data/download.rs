@@ -10,10 +10,8 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
-const MNIST_MIRRORS: &[&str] = &[
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "https://yann.lecun.com/exdb/mnist/",
-];
+const MNIST_MIRRORS: &[&str] =
+    &["https://ossci-datasets.s3.amazonaws.com/mnist/", "https://yann.lecun.com/exdb/mnist/"];
 const FASHION_MIRRORS: &[&str] = &["https://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"];
 const CIFAR10_URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
 const CIFAR10_MD5: &str = "c32a1d4ab5d03f1284b67883e8d87530";
@@ -22,26 +20,14 @@ const CIFAR10_MD5: &str = "c32a1d4ab5d03f1284b67883e8d87530";
 fn idx_md5(name: DatasetName, file: &str) -> Option<&'static str> {
     let table: &[(&str, &str)] = match name {
         DatasetName::Mnist => &[
-            (
-                "train-images-idx3-ubyte",
-                "6bbc9ace898e44ae57da46a324031adb",
-            ),
-            (
-                "train-labels-idx1-ubyte",
-                "a25bea736e30d166cdddb491f175f624",
-            ),
+            ("train-images-idx3-ubyte", "6bbc9ace898e44ae57da46a324031adb"),
+            ("train-labels-idx1-ubyte", "a25bea736e30d166cdddb491f175f624"),
             ("t10k-images-idx3-ubyte", "2646ac647ad5339dbf082846283269ea"),
             ("t10k-labels-idx1-ubyte", "27ae3e4e09519cfbb04c329615203637"),
         ],
         DatasetName::FashionMnist => &[
-            (
-                "train-images-idx3-ubyte",
-                "f4a8712d7a061bf5bd6d2ca38dc4d50a",
-            ),
-            (
-                "train-labels-idx1-ubyte",
-                "9018921c3c673c538a1fc5bad174d6f9",
-            ),
+            ("train-images-idx3-ubyte", "f4a8712d7a061bf5bd6d2ca38dc4d50a"),
+            ("train-labels-idx1-ubyte", "9018921c3c673c538a1fc5bad174d6f9"),
             ("t10k-images-idx3-ubyte", "8181f5470baa50b63fa0f6fddb340f0a"),
             ("t10k-labels-idx1-ubyte", "15d484375f8d13e6eb1aabb0c3f46965"),
         ],
@@ -52,10 +38,7 @@ fn idx_md5(name: DatasetName, file: &str) -> Option<&'static str> {
 
 /// Hex md5 of bytes.
 pub fn md5_hex(bytes: &[u8]) -> String {
-    Md5::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Md5::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn get(url: &str) -> Result<Vec<u8>> {
@@ -63,15 +46,9 @@ fn get(url: &str) -> Result<Vec<u8>> {
         .timeout_connect(Duration::from_secs(10))
         .timeout_read(Duration::from_secs(60))
         .build();
-    let resp = agent
-        .get(url)
-        .call()
-        .with_context(|| format!("GET {url}"))?;
+    let resp = agent.get(url).call().with_context(|| format!("GET {url}"))?;
     let mut out = Vec::new();
-    resp.into_reader()
-        .take(512 << 20)
-        .read_to_end(&mut out)
-        .with_context(|| format!("reading {url}"))?;
+    resp.into_reader().take(512 << 20).read_to_end(&mut out).with_context(|| format!("reading {url}"))?;
     Ok(out)
 }
 
@@ -83,11 +60,7 @@ fn gunzip(bytes: &[u8]) -> Result<Vec<u8>> {
 
 /// Downloads the IDX files `needed` of `name` into `dest`, uncompressed and verified.
 pub fn fetch_idx(name: DatasetName, dest: &Path, needed: &[&str]) -> Result<()> {
-    let mirrors = if name == DatasetName::Mnist {
-        MNIST_MIRRORS
-    } else {
-        FASHION_MIRRORS
-    };
+    let mirrors = if name == DatasetName::Mnist { MNIST_MIRRORS } else { FASHION_MIRRORS };
     for file in needed {
         let target = dest.join(file);
         if target.exists() {
@@ -102,13 +75,10 @@ pub fn fetch_idx(name: DatasetName, dest: &Path, needed: &[&str]) -> Result<()> 
                 Ok(bytes) => {
                     let sum = md5_hex(&bytes);
                     if Some(sum.as_str()) != idx_md5(name, file) {
-                        errors.push(format!(
-                            "{url}: md5 {sum} does not match the official checksum"
-                        ));
+                        errors.push(format!("{url}: md5 {sum} does not match the official checksum"));
                         continue;
                     }
-                    std::fs::create_dir_all(dest)
-                        .with_context(|| format!("creating {}", dest.display()))?;
+                    std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
                     write_atomic(&target, &bytes)?;
                     done = true;
                     break;

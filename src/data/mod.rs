@@ -57,47 +57,25 @@ pub fn to_signed_unit(xs: &Tensor) -> Tensor {
 pub fn class_names(name: DatasetName) -> Vec<String> {
     let names: &[&str] = match name {
         DatasetName::Mnist => &["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
-        DatasetName::FashionMnist => &[
-            "T-shirt/top",
-            "Trouser",
-            "Pullover",
-            "Dress",
-            "Coat",
-            "Sandal",
-            "Shirt",
-            "Sneaker",
-            "Bag",
-            "Ankle boot",
-        ],
-        DatasetName::Cifar10 => &[
-            "airplane",
-            "automobile",
-            "bird",
-            "cat",
-            "deer",
-            "dog",
-            "frog",
-            "horse",
-            "ship",
-            "truck",
-        ],
+        DatasetName::FashionMnist => {
+            &["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+        }
+        DatasetName::Cifar10 => {
+            &["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+        }
     };
     names.iter().map(|s| s.to_string()).collect()
 }
 
 /// Loads a split of the configured dataset, downloading missing files when allowed.
 pub fn load(cfg: &DatasetConfig, split: Split) -> Result<ImageDataset> {
-    let name = DatasetName::parse(&cfg.name)
-        .ok_or_else(|| anyhow::anyhow!("unknown dataset {:?}", cfg.name))?;
+    let name = DatasetName::parse(&cfg.name).ok_or_else(|| anyhow::anyhow!("unknown dataset {:?}", cfg.name))?;
     match name {
         DatasetName::Mnist | DatasetName::FashionMnist => {
             let dir = idx::locate(&cfg.root, name, split, cfg.download)?;
             let (img, lbl) = idx::file_names(split);
             let ds = idx::read_pair(&dir.join(img), &dir.join(lbl))?;
-            Ok(ImageDataset {
-                class_names: class_names(name),
-                ..ds
-            })
+            Ok(ImageDataset { class_names: class_names(name), ..ds })
         }
         DatasetName::Cifar10 => {
             let dir = cifar::locate(&cfg.root, cfg.download)?;
@@ -109,19 +87,10 @@ pub fn load(cfg: &DatasetConfig, split: Split) -> Result<ImageDataset> {
 /// Candidate folders for a dataset under `root`, ours first, then torchvision's layout.
 pub fn candidate_dirs(root: &std::path::Path, name: DatasetName) -> Vec<PathBuf> {
     match name {
-        DatasetName::Mnist => vec![
-            root.join("mnist"),
-            root.join("MNIST/raw"),
-            root.join("MNIST"),
-        ],
-        DatasetName::FashionMnist => vec![
-            root.join("fashion-mnist"),
-            root.join("FashionMNIST/raw"),
-            root.join("FashionMNIST"),
-        ],
-        DatasetName::Cifar10 => vec![
-            root.join("cifar-10-batches-bin"),
-            root.join("cifar10/cifar-10-batches-bin"),
-        ],
+        DatasetName::Mnist => vec![root.join("mnist"), root.join("MNIST/raw"), root.join("MNIST")],
+        DatasetName::FashionMnist => {
+            vec![root.join("fashion-mnist"), root.join("FashionMNIST/raw"), root.join("FashionMNIST")]
+        }
+        DatasetName::Cifar10 => vec![root.join("cifar-10-batches-bin"), root.join("cifar10/cifar-10-batches-bin")],
     }
 }

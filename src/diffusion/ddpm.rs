@@ -2,7 +2,6 @@
 //! (Algorithm 2), as in the demo's `sample_forward` / `sample_backward`.
 
 use super::Schedule;
-use crate::model::Denoiser;
 use tch::{Device, Kind, Tensor};
 
 /// The schedule on the host plus the per-timestep factors of `add_noise` on the device.
@@ -24,22 +23,10 @@ pub struct SampleOptions {
 
 impl Ddpm {
     pub fn new(schedule: Schedule, device: Device) -> Self {
-        let to_dev = |v: Vec<f64>| {
-            Tensor::from_slice(&v)
-                .to_kind(Kind::Float)
-                .to_device(device)
-        };
+        let to_dev = |v: Vec<f64>| Tensor::from_slice(&v).to_kind(Kind::Float).to_device(device);
         let sqrt_ab = schedule.alphas_cumprod.iter().map(|a| a.sqrt()).collect();
-        let sqrt_1m = schedule
-            .alphas_cumprod
-            .iter()
-            .map(|a| (1.0 - a).sqrt())
-            .collect();
-        Self {
-            sqrt_alphas_cumprod: to_dev(sqrt_ab),
-            sqrt_one_minus_alphas_cumprod: to_dev(sqrt_1m),
-            schedule,
-        }
+        let sqrt_1m = schedule.alphas_cumprod.iter().map(|a| (1.0 - a).sqrt()).collect();
+        Self { sqrt_alphas_cumprod: to_dev(sqrt_ab), sqrt_one_minus_alphas_cumprod: to_dev(sqrt_1m), schedule }
     }
 
     pub fn n_steps(&self) -> i64 {
@@ -49,27 +36,14 @@ impl Ddpm {
     /// `x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`, one `t` per sample.
     pub fn add_noise(&self, x0: &Tensor, noise: &Tensor, t: &Tensor) -> Tensor {
         let n = x0.size()[0];
-        let a = self
-            .sqrt_alphas_cumprod
-            .index_select(0, t)
-            .view([n, 1, 1, 1]);
-        let b = self
-            .sqrt_one_minus_alphas_cumprod
-            .index_select(0, t)
-            .view([n, 1, 1, 1]);
+        let a = self.sqrt_alphas_cumprod.index_select(0, t).view([n, 1, 1, 1]);
+        let b = self.sqrt_one_minus_alphas_cumprod.index_select(0, t).view([n, 1, 1, 1]);
         x0 * a + noise * b
     }
 
     /// One reverse step from `x_t` to `x_{t-1}` given the predicted noise and a fresh `z`
     /// (ignored at t = 0).
-    pub fn step(
-        &self,
-        eps: &Tensor,
-        t: usize,
-        x_t: &Tensor,
-        z: &Tensor,
-        opts: SampleOptions,
-    ) -> Tensor {
+    pub fn step(&self, eps: &Tensor, t: usize, x_t: &Tensor, z: &Tensor, opts: SampleOptions) -> Tensor {
         let s = &self.schedule;
         let (alpha, abar, beta) = (s.alphas[t], s.alphas_cumprod[t], s.betas[t]);
         let mean = if opts.clip_x0 {
@@ -88,32 +62,5 @@ impl Ddpm {
         } else {
             mean + z * s.step_variance(t, opts.simple_var).sqrt()
         }
-    }
-
-    /// The whole reverse process from `x_T = noise`; `on_step(i)` is called after each of the
-    /// `n_steps` steps (for progress bars) and `snapshot(t, &x)` lets callers keep frames.
-    pub fn sample(
-        &self,
-        net: &dyn Denoiser,
-        noise: Tensor,
-        opts: SampleOptions,
-        mut on_step: impl FnMut(usize, &Tensor),
-    ) -> Tensor {
-        let _guard = tch::no_grad_guard();
-        let n = noise.size()[0];
-        let device = noise.device();
-        let mut x = noise;
-        for t in (0..self.schedule.n_steps()).rev() {
-            let ts = Tensor::full([n], t as i64, (Kind::Int64, device));
-            let eps = net.forward(&x, &ts);
-            let z = if t > 0 {
-                x.randn_like()
-            } else {
-                x.zeros_like()
-            };
-            x = self.step(&eps, t, &x, &z, opts);
-            on_step(t, &x);
-        }
-        x
     }
 }

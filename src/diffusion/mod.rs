@@ -1,6 +1,8 @@
 //! The diffusion maths: the noise schedule and the DDPM forward and reverse processes.
 
+pub mod ddim;
 pub mod ddpm;
+pub mod sampler;
 pub mod schedule;
 
 pub use ddpm::Ddpm;

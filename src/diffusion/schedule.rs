@@ -13,13 +13,7 @@ impl Schedule {
     pub fn linear(n_steps: i64, min_beta: f64, max_beta: f64) -> Self {
         let n = n_steps.max(1) as usize;
         let betas: Vec<f64> = (0..n)
-            .map(|i| {
-                if n == 1 {
-                    min_beta
-                } else {
-                    min_beta + (max_beta - min_beta) * i as f64 / (n - 1) as f64
-                }
-            })
+            .map(|i| if n == 1 { min_beta } else { min_beta + (max_beta - min_beta) * i as f64 / (n - 1) as f64 })
             .collect();
         let alphas: Vec<f64> = betas.iter().map(|b| 1.0 - b).collect();
         let alphas_cumprod = alphas
@@ -29,11 +23,7 @@ impl Schedule {
                 Some(*acc)
             })
             .collect();
-        Self {
-            betas,
-            alphas,
-            alphas_cumprod,
-        }
+        Self { betas, alphas, alphas_cumprod }
     }
 
     pub fn n_steps(&self) -> usize {

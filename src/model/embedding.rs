@@ -28,11 +28,7 @@ pub struct PositionalEncoding {
 
 impl PositionalEncoding {
     pub fn new(p: &nn::Path, n_steps: i64, pe_dim: i64) -> Self {
-        let table = (p / "embedding").add(
-            "weight",
-            sinusoidal_table(n_steps, pe_dim).to_device(p.device()),
-            false,
-        );
+        let table = (p / "embedding").add("weight", sinusoidal_table(n_steps, pe_dim).to_device(p.device()), false);
         Self { table }
     }
 

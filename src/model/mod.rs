@@ -6,34 +6,34 @@ pub mod unet;
 use crate::config::NetworkConfig;
 use tch::{nn, Tensor};
 
-/// A network that predicts the noise in `x_t` at timesteps `t`.
+/// A network that predicts the noise in `x_t` at timesteps `t`, optionally given class labels.
 pub trait Denoiser {
-    /// `xs: [N, C, H, W]`, `t: i64 [N]` -> `[N, C, H, W]`.
-    fn forward(&self, xs: &Tensor, t: &Tensor) -> Tensor;
+    /// `xs: [N, C, H, W]`, `t: i64 [N]`, `labels: i64 [N]` (the null class `num_classes`
+    /// means "unconditional") -> `[N, C, H, W]`. Unconditional networks ignore `labels`.
+    fn forward(&self, xs: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Tensor;
+
+    /// Number of classes for conditional generation (0 = unconditional).
+    fn num_classes(&self) -> i64;
 }
 
 impl Denoiser for unet::DemoUNet {
-    fn forward(&self, xs: &Tensor, t: &Tensor) -> Tensor {
-        unet::DemoUNet::forward(self, xs, t)
+    fn forward(&self, xs: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Tensor {
+        unet::DemoUNet::forward(self, xs, t, labels)
+    }
+
+    fn num_classes(&self) -> i64 {
+        self.num_classes
     }
 }
 
 /// Builds the configured network under the root of `vs`.
-pub fn build(
-    vs: &nn::VarStore,
-    cfg: &NetworkConfig,
-    image_shape: [i64; 3],
-    n_steps: i64,
-) -> Box<dyn Denoiser> {
+pub fn build(vs: &nn::VarStore, cfg: &NetworkConfig, image_shape: [i64; 3], n_steps: i64) -> Box<dyn Denoiser> {
     Box::new(unet::DemoUNet::new(&vs.root(), cfg, image_shape, n_steps))
 }
 
 /// Number of trainable parameters in a store.
 pub fn trainable_parameters(vs: &nn::VarStore) -> i64 {
-    vs.trainable_variables()
-        .iter()
-        .map(|t| t.numel() as i64)
-        .sum()
+    vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
 }
 
 /// PyTorch's default initialisation (`kaiming_uniform_(a=sqrt(5))` for weights, the same
@@ -52,51 +52,25 @@ pub fn conv2d(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: 
         c_in,
         c_out,
         k,
-        nn::ConvConfig {
-            stride,
-            padding,
-            ws_init: init,
-            bs_init: init,
-            ..Default::default()
-        },
+        nn::ConvConfig { stride, padding, ws_init: init, bs_init: init, ..Default::default() },
     )
 }
 
 /// `nn.ConvTranspose2d(c_in, c_out, k, stride)` with PyTorch's initialisation (fan-in taken
 /// from the weight's second dimension, as PyTorch does).
-pub fn conv_transpose2d(
-    p: nn::Path,
-    c_in: i64,
-    c_out: i64,
-    k: i64,
-    stride: i64,
-) -> nn::ConvTranspose2D {
+pub fn conv_transpose2d(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64) -> nn::ConvTranspose2D {
     let init = torch_init(c_out * k * k);
     nn::conv_transpose2d(
         p,
         c_in,
         c_out,
         k,
-        nn::ConvTransposeConfig {
-            stride,
-            ws_init: init,
-            bs_init: init,
-            ..Default::default()
-        },
+        nn::ConvTransposeConfig { stride, ws_init: init, bs_init: init, ..Default::default() },
     )
 }
 
 /// `nn.Linear(i, o)` with PyTorch's initialisation.
 pub fn linear(p: nn::Path, i: i64, o: i64) -> nn::Linear {
     let init = torch_init(i);
-    nn::linear(
-        p,
-        i,
-        o,
-        nn::LinearConfig {
-            ws_init: init,
-            bs_init: Some(init),
-            bias: true,
-        },
-    )
+    nn::linear(p, i, o, nn::LinearConfig { ws_init: init, bs_init: Some(init), bias: true })
 }

@@ -32,24 +32,12 @@ impl UnetBlock {
         let ln = nn::layer_norm(p / "ln", shape.to_vec(), Default::default());
         let conv1 = conv2d(p / "conv1", c_in, c_out, 3, 1, 1);
         let conv2 = conv2d(p / "conv2", c_out, c_out, 3, 1, 1);
-        let residual_conv =
-            (residual && c_in != c_out).then(|| conv2d(p / "residual_conv", c_in, c_out, 1, 1, 0));
-        Self {
-            ln,
-            conv1,
-            conv2,
-            residual,
-            residual_conv,
-        }
+        let residual_conv = (residual && c_in != c_out).then(|| conv2d(p / "residual_conv", c_in, c_out, 1, 1, 0));
+        Self { ln, conv1, conv2, residual, residual_conv }
     }
 
     pub fn forward(&self, xs: &Tensor) -> Tensor {
-        let out = self
-            .ln
-            .forward(xs)
-            .apply(&self.conv1)
-            .relu()
-            .apply(&self.conv2);
+        let out = self.ln.forward(xs).apply(&self.conv1).relu().apply(&self.conv2);
         let out = match (self.residual, &self.residual_conv) {
             (false, _) => out,
             (true, Some(conv)) => out + xs.apply(conv),
@@ -75,6 +63,10 @@ pub struct DemoUNet {
     mid: [UnetBlock; 2],
     decoders: Vec<Level>,
     conv_out: nn::Conv2D,
+    /// Class embedding (`num_classes + 1` rows, the last one the null class) added to the time
+    /// features; absent for unconditional networks, which then equal the demo's exactly.
+    label_emb: Option<nn::Embedding>,
+    pub num_classes: i64,
 }
 
 impl DemoUNet {
@@ -97,10 +89,7 @@ impl DemoUNet {
             let enc = p / "encoders" / i;
             encoders.push(Level {
                 pe_linear: vec![lin(&pl / 0, pe_dim, prev), lin(&pl / 2, prev, prev)],
-                blocks: [
-                    block(&enc / 0, [prev, hs[i], ws[i]], prev, ch),
-                    block(&enc / 1, [ch, hs[i], ws[i]], ch, ch),
-                ],
+                blocks: [block(&enc / 0, [prev, hs[i], ws[i]], prev, ch), block(&enc / 1, [ch, hs[i], ws[i]], ch, ch)],
                 resample: Box::new(conv2d(p / "downs" / i, ch, ch, 2, 2, 0)),
             });
             prev = ch;
@@ -128,29 +117,37 @@ impl DemoUNet {
         }
         let conv_out = conv2d(p / "conv_out", prev, c, 3, 1, 1);
         let pe = PositionalEncoding::new(&(p / "pe"), n_steps, pe_dim);
-        Self {
-            pe,
-            encoders,
-            pe_mid,
-            mid,
-            decoders,
-            conv_out,
-        }
+        let label_emb = (cfg.num_classes > 0).then(|| {
+            let init = nn::EmbeddingConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 1.0 }, ..Default::default() };
+            nn::embedding(p / "label_emb", cfg.num_classes + 1, pe_dim, init)
+        });
+        Self { pe, encoders, pe_mid, mid, decoders, conv_out, label_emb, num_classes: cfg.num_classes }
     }
 
-    /// Predicts the noise in `xs: [N, C, H, W]` at timesteps `t: i64 [N]`.
-    pub fn forward(&self, xs: &Tensor, t: &Tensor) -> Tensor {
+    /// Predicts the noise in `xs: [N, C, H, W]` at timesteps `t: i64 [N]`, for classes
+    /// `labels: i64 [N]` when the network is conditional (None = the null class).
+    pub fn forward(&self, xs: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Tensor {
         let n = xs.size()[0];
-        let temb = self.pe.forward(t); // [N, pe_dim]
+        let mut temb = self.pe.forward(t); // [N, pe_dim]
+        if let Some(emb) = &self.label_emb {
+            let null;
+            let y = match labels {
+                Some(y) => y,
+                None => {
+                    null = Tensor::full([n], self.num_classes, (tch::Kind::Int64, xs.device()));
+                    &null
+                }
+            };
+            temb = &temb + y.apply(emb);
+        }
         let per_channel = |ys: Tensor| ys.view([n, -1, 1, 1]);
         let mut x = xs.shallow_clone();
         let mut skips = Vec::with_capacity(self.encoders.len());
         for level in &self.encoders {
-            let pe = temb
-                .apply(&level.pe_linear[0])
-                .relu()
-                .apply(&level.pe_linear[1]);
-            x = x + per_channel(pe);
+            let pe = temb.apply(&level.pe_linear[0]).relu().apply(&level.pe_linear[1]);
+            // Never `+=` here: on a tch Tensor that is an in-place add, and `x` starts as the
+            // caller's input.
+            x = &x + per_channel(pe);
             x = level.blocks[1].forward(&level.blocks[0].forward(&x));
             x = {
                 let down = level.resample.forward(&x);
@@ -158,18 +155,15 @@ impl DemoUNet {
                 down
             };
         }
-        x = x + per_channel(temb.apply(&self.pe_mid));
+        x = &x + per_channel(temb.apply(&self.pe_mid));
         x = self.mid[1].forward(&self.mid[0].forward(&x));
         for (level, skip) in self.decoders.iter().zip(skips.iter().rev()) {
             let up = level.resample.forward(&x);
             // Zero-pad at the end of H and W to the skip's size (3 -> 6 -> 7 on MNIST); the
             // demo's F.pad splits the difference as (d // 2, d - d // 2).
             let (dh, dw) = (skip.size()[2] - up.size()[2], skip.size()[3] - up.size()[3]);
-            let up = if dh != 0 || dw != 0 {
-                up.constant_pad_nd([dh / 2, dh - dh / 2, dw / 2, dw - dw / 2])
-            } else {
-                up
-            };
+            let up =
+                if dh != 0 || dw != 0 { up.constant_pad_nd([dh / 2, dh - dh / 2, dw / 2, dw - dw / 2]) } else { up };
             let cat = Tensor::cat(&[skip, &up], 1); // [N, 2 c_i, H_i, W_i]
             x = cat + per_channel(temb.apply(&level.pe_linear[0]));
             x = level.blocks[1].forward(&level.blocks[0].forward(&x));

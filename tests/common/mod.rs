@@ -47,7 +47,11 @@ pub fn write_tiny_mnist(root: &Path, n: usize) {
     let imgs = idx_images(n, 28, 28, |i, y, x| {
         let pos = 4 + (i * 7) % 20;
         let on = if i % 2 == 0 { x >= pos && x < pos + 4 } else { y >= pos && y < pos + 4 };
-        if on { 255 } else { 0 }
+        if on {
+            255
+        } else {
+            0
+        }
     });
     std::fs::write(dir.join("train-images-idx3-ubyte"), &imgs).unwrap();
     std::fs::write(dir.join("train-labels-idx1-ubyte"), idx_labels(&labels)).unwrap();

@@ -1,0 +1,86 @@
+//! The reverse process as users run it: DDPM ancestral sampling over all steps or DDIM over a
+//! subsequence, with classifier-free guidance for conditional models.
+
+use super::ddim::{self, Spacing};
+use super::ddpm::{Ddpm, SampleOptions};
+use crate::model::Denoiser;
+use tch::{Kind, Tensor};
+
+/// Which reverse process.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampler {
+    /// Ancestral DDPM over every training step.
+    Ddpm,
+    /// DDIM over `steps` timesteps with noise scale `eta`.
+    Ddim { steps: usize, eta: f64, spacing: Spacing },
+}
+
+/// Everything the reverse process needs besides the network and the noise.
+#[derive(Debug, Clone, Copy)]
+pub struct SamplerConfig {
+    pub sampler: Sampler,
+    pub opts: SampleOptions,
+    /// Classifier-free guidance weight w: `eps_u + w (eps_c - eps_u)`; 1 = purely conditional.
+    pub guidance: f64,
+}
+
+/// The noise prediction, guided when labels are given and `w != 1`. Both halves are evaluated
+/// in one batched forward.
+pub fn predict_eps(net: &dyn Denoiser, x: &Tensor, t: &Tensor, labels: Option<&Tensor>, w: f64) -> Tensor {
+    match labels {
+        None => net.forward(x, t, None),
+        Some(y) if w == 1.0 => net.forward(x, t, Some(y)),
+        Some(y) => {
+            let n = x.size()[0];
+            let null = y.full_like(net.num_classes());
+            let out =
+                net.forward(&Tensor::cat(&[x, x], 0), &Tensor::cat(&[t, t], 0), Some(&Tensor::cat(&[y, &null], 0)));
+            let (eps_c, eps_u) = (out.narrow(0, 0, n), out.narrow(0, n, n));
+            &eps_u + (eps_c - &eps_u) * w
+        }
+    }
+}
+
+/// The timesteps visited, descending.
+pub fn visited_steps(ddpm: &Ddpm, sampler: Sampler) -> Vec<usize> {
+    let n = ddpm.schedule.n_steps();
+    let mut ts = match sampler {
+        Sampler::Ddpm => (0..n).collect(),
+        Sampler::Ddim { steps, spacing, .. } => ddim::timesteps(n, steps, spacing),
+    };
+    ts.reverse();
+    ts
+}
+
+/// Runs the reverse process from `noise`; `on_step(i, t, &x)` follows each step.
+pub fn sample(
+    net: &dyn Denoiser,
+    ddpm: &Ddpm,
+    noise: Tensor,
+    labels: Option<&Tensor>,
+    cfg: &SamplerConfig,
+    mut on_step: impl FnMut(usize, usize, &Tensor),
+) -> Tensor {
+    let _guard = tch::no_grad_guard();
+    let n = noise.size()[0];
+    let device = noise.device();
+    let ts = visited_steps(ddpm, cfg.sampler);
+    let mut x = noise;
+    for (i, &t) in ts.iter().enumerate() {
+        let tt = Tensor::full([n], t as i64, (Kind::Int64, device));
+        let eps = predict_eps(net, &x, &tt, labels, cfg.guidance);
+        x = match cfg.sampler {
+            Sampler::Ddpm => {
+                let z = if t > 0 { x.randn_like() } else { x.zeros_like() };
+                ddpm.step(&eps, t, &x, &z, cfg.opts)
+            }
+            Sampler::Ddim { eta, .. } => {
+                let prev = ts.get(i + 1).copied();
+                let z = if eta > 0.0 && prev.is_some() { x.randn_like() } else { x.zeros_like() };
+                ddim::step(&ddpm.schedule, &eps, &x, (t, prev), &z, eta, cfg.opts.clip_x0)
+            }
+        };
+        on_step(i, t, &x);
+    }
+    x
+}

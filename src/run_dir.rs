@@ -1,0 +1,81 @@
+//! Ownership of a run directory: a lock file with the pid of the live run (a stale lock of a
+//! dead process is taken over with a warning), and no fresh run over existing checkpoints
+//! unless asked.
+
+use crate::checkpoint;
+use crate::config::ConfigError;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// Held while a run writes into its directory; removed on drop.
+pub struct RunLock {
+    path: PathBuf,
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+impl RunLock {
+    pub fn acquire(run_dir: &Path) -> Result<Self> {
+        let path = run_dir.join(".lock");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            match text.trim().parse::<u32>() {
+                Ok(pid) if pid != std::process::id() && alive(pid) => bail!(ConfigError(format!(
+                    "run_dir {} is in use by a live run (pid {pid}, lock file {}); wait for it, stop it, or pick another train.run_dir",
+                    run_dir.display(),
+                    path.display()
+                ))),
+                Ok(pid) => tracing::warn!("taking over the stale lock {} of process {pid}, which is gone", path.display()),
+                Err(_) => tracing::warn!("replacing the unreadable lock file {}", path.display()),
+            }
+        }
+        std::fs::write(&path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot write the lock file {} (is run_dir writable?)", path.display()))?;
+        crate::fsutil::remove_stale_temps(run_dir);
+        crate::fsutil::remove_stale_temps(&checkpoint::checkpoint_dir(run_dir));
+        Ok(Self { path })
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Refuses to start a fresh run over existing checkpoints unless `overwrite`, in which case
+/// the previous run's outputs are removed.
+pub fn check_fresh_start(run_dir: &Path, resume: bool, overwrite: bool) -> Result<()> {
+    let latest = checkpoint::latest_path(run_dir);
+    if resume {
+        if !latest.exists() {
+            bail!(ConfigError(format!("--resume: there is no checkpoint at {} to resume from", latest.display())));
+        }
+        return Ok(());
+    }
+    if !latest.exists() {
+        return Ok(());
+    }
+    if !overwrite {
+        bail!(ConfigError(format!(
+            "run_dir {} already holds a run ({}): pass --resume to continue it, or --overwrite to start over (deletes its checkpoints, samples and metrics)",
+            run_dir.display(),
+            latest.display()
+        )));
+    }
+    tracing::warn!(
+        "--overwrite: removing the previous run's checkpoints, samples and metrics in {}",
+        run_dir.display()
+    );
+    for sub in ["checkpoints", "samples", "tensorboard"] {
+        let p = run_dir.join(sub);
+        if p.exists() {
+            std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    for f in ["metrics.jsonl", "loss.png", "train.log"] {
+        let _ = std::fs::remove_file(run_dir.join(f));
+    }
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! options.yml: every validation rule and its message.
+
+use ddpm::config::{Config, DatasetName};
+
+fn load(yml: &str) -> Result<Config, String> {
+    Config::from_yaml_str(yml, "test.yml", &[]).map_err(|e| format!("{e:#}"))
+}
+
+fn err(yml: &str) -> String {
+    load(yml).expect_err(&format!("expected an error for:\n{yml}"))
+}
+
+#[test]
+fn shipped_options_yml_parses_to_the_demo_settings() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/options.yml")).unwrap();
+    let cfg = load(&text).unwrap();
+    assert_eq!(cfg.device, "cuda:0");
+    assert_eq!(cfg.dataset_name(), DatasetName::Mnist);
+    assert_eq!(cfg.ddpm.n_steps, 1000);
+    assert_eq!((cfg.ddpm.min_beta, cfg.ddpm.max_beta), (1e-4, 0.02));
+    assert_eq!(cfg.network.channels, vec![10, 20, 40, 80]);
+    assert_eq!(cfg.network.pe_dim, 128);
+    assert!(cfg.network.residual);
+    assert_eq!((cfg.train.batch_size, cfg.train.n_epochs, cfg.train.lr), (512, 10, 1e-3));
+    assert_eq!(cfg.train.run_dir, std::path::PathBuf::from("runs/mnist"));
+    assert_eq!(cfg.sample.n_samples, 81);
+    assert!(cfg.sample.simple_var);
+}
+
+#[test]
+fn empty_file_gives_defaults() {
+    assert_eq!(load("").unwrap(), Config::default());
+}
+
+#[test]
+fn lr_spellings_all_parse() {
+    for s in ["!!float 1e-3", "1e-3", "0.001", "1.0e-3"] {
+        let cfg = load(&format!("train:\n  lr: {s}\n")).unwrap_or_else(|e| panic!("lr: {s}: {e}"));
+        assert!((cfg.train.lr - 1e-3).abs() < 1e-15, "lr: {s} gave {}", cfg.train.lr);
+    }
+}
+
+#[test]
+fn dataset_names_as_demo_users_write_them() {
+    for (s, want) in [
+        ("MNIST", DatasetName::Mnist),
+        ("mnist", DatasetName::Mnist),
+        ("CIFAR-10", DatasetName::Cifar10),
+        ("cifar10", DatasetName::Cifar10),
+        ("FashionMNIST", DatasetName::FashionMnist),
+        ("fashion-mnist", DatasetName::FashionMnist),
+        ("Fashion_MNIST", DatasetName::FashionMnist),
+    ] {
+        assert_eq!(load(&format!("dataset:\n  name: {s}\n")).unwrap().dataset_name(), want, "{s}");
+    }
+    let e = err("dataset:\n  name: imagenet\n");
+    assert!(e.contains("dataset.name") && e.contains("imagenet") && e.contains("cifar10"), "{e}");
+}
+
+#[test]
+fn unknown_key_names_it_and_the_nearest_valid_key() {
+    let e = err("train:\n  lrr: 0.01\n");
+    assert!(e.contains("unknown key 'train.lrr'") && e.contains("did you mean 'train.lr'"), "{e}");
+    let e = err("netwrok:\n  pe_dim: 8\n");
+    assert!(e.contains("'netwrok'") && e.contains("'network'"), "{e}");
+    let e = err("sample:\n  nsamples: 4\n");
+    assert!(e.contains("'sample.n_samples'"), "{e}");
+}
+
+#[test]
+fn wrong_types_name_the_key_the_value_and_the_expected_type() {
+    let e = err("train:\n  batch_size: lots\n");
+    assert!(e.contains("train.batch_size") && e.contains("lots") && e.contains("integer"), "{e}");
+    let e = err("network:\n  residual: maybe\n");
+    assert!(e.contains("network.residual") && e.contains("maybe") && e.contains("bool"), "{e}");
+    let e = err("network:\n  channels: 10\n");
+    assert!(e.contains("network.channels") && e.contains("sequence"), "{e}");
+    let e = err("train: 5\n");
+    assert!(e.contains("train") && e.contains("section"), "{e}");
+}
+
+#[test]
+fn out_of_range_values_name_key_value_and_rule() {
+    let cases = [
+        ("ddpm:\n  n_steps: 0\n", "ddpm.n_steps = 0", "n_steps >= 1"),
+        ("ddpm:\n  min_beta: 0.0\n", "min_beta", "0 < min_beta < max_beta < 1"),
+        ("ddpm:\n  min_beta: 0.03\n", "0.03/0.02", "0 < min_beta < max_beta < 1"),
+        ("ddpm:\n  max_beta: 1.5\n", "1.5", "0 < min_beta < max_beta < 1"),
+        ("network:\n  channels: []\n", "network.channels = []", "non-empty"),
+        ("network:\n  channels: [10, -2]\n", "[10, -2]", "positive"),
+        ("network:\n  pe_dim: 7\n", "network.pe_dim = 7", "even"),
+        ("network:\n  pe_dim: 0\n", "network.pe_dim = 0", "even number > 0"),
+        ("network:\n  channels: [1, 2, 3, 4, 5, 6]\n", "network.channels", "halvings"),
+        ("train:\n  batch_size: 0\n", "train.batch_size = 0", "batch_size >= 1"),
+        ("train:\n  n_epochs: 0\n", "train.n_epochs = 0", "n_epochs >= 1"),
+        ("train:\n  lr: 0\n", "train.lr = 0", "lr > 0"),
+        ("train:\n  lr: -1e-3\n", "train.lr = -0.001", "lr > 0"),
+        ("train:\n  log_every: 0\n", "train.log_every = 0", ">= 1"),
+        ("sample:\n  n_samples: 0\n", "sample.n_samples = 0", "n_samples >= 1"),
+        ("sample:\n  batch_size: 0\n", "sample.batch_size = 0", ">= 1"),
+        ("device: tpu\n", "device = \"tpu\"", "cuda:N"),
+        ("device: cuda:x\n", "cuda:x", "cpu"),
+    ];
+    for (yml, key, rule) in cases {
+        let e = err(yml);
+        assert!(e.contains(key) && e.contains(rule), "for {yml:?}: {e}");
+        assert!(e.starts_with("test.yml: "), "message names the file: {e}");
+        assert_eq!(e.lines().count(), 1, "one line: {e}");
+    }
+}
+
+#[test]
+fn yaml_syntax_error_gives_line_and_column() {
+    let e = err("train:\n  lr: 0.1\n  batch_size: [1, 2\n");
+    assert!(e.contains("YAML syntax error at line"), "{e}");
+    assert!(e.contains("column"), "{e}");
+    let e = err("train:\n\tlr: 1\n");
+    assert!(e.contains("line 2"), "{e}");
+}
+
+#[test]
+fn missing_file_names_the_path_tried() {
+    let e = Config::load(std::path::Path::new("/nonexistent/opts.yml"), &[]).unwrap_err();
+    let e = format!("{e:#}");
+    assert!(e.contains("/nonexistent/opts.yml") && e.contains("--config"), "{e}");
+}
+
+#[test]
+fn overrides_apply_before_validation() {
+    let o = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let cfg =
+        Config::from_yaml_str("train:\n  lr: 0.1\n", "t", &[o("train.lr", "2e-4"), o("network.channels", "[8, 16]")])
+            .unwrap();
+    assert_eq!(cfg.train.lr, 2e-4);
+    assert_eq!(cfg.network.channels, vec![8, 16]);
+    let e = format!("{:#}", Config::from_yaml_str("", "t", &[o("train.batch_size", "0")]).unwrap_err());
+    assert!(e.contains("train.batch_size = 0"), "{e}");
+    let e = format!("{:#}", Config::from_yaml_str("", "t", &[o("train.lrate", "1")]).unwrap_err());
+    assert!(e.contains("did you mean 'train.lr'"), "{e}");
+}
+
+#[test]
+fn edit_distance_basics() {
+    assert_eq!(ddpm::config::edit_distance("lrr", "lr"), 1);
+    assert_eq!(ddpm::config::edit_distance("kitten", "sitting"), 3);
+    assert_eq!(ddpm::config::edit_distance("", "abc"), 3);
+}

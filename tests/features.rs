@@ -1,0 +1,184 @@
+//! Beyond the demo: Adam on tensors (checked against libtorch's), the EMA update, DDIM, and
+//! classifier-free guidance.
+
+use ddpm::config::NetworkConfig;
+use ddpm::diffusion::ddim::{self, Spacing};
+use ddpm::diffusion::ddpm::SampleOptions;
+use ddpm::diffusion::sampler::{self, Sampler, SamplerConfig};
+use ddpm::diffusion::{Ddpm, Schedule};
+use ddpm::ema::Ema;
+use ddpm::model::{self, Denoiser};
+use ddpm::optim::{Adam, AdamConfig};
+use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+
+fn small_net(vs: &nn::VarStore, classes: i64) -> Box<dyn Denoiser> {
+    let cfg = NetworkConfig { channels: vec![4, 8], pe_dim: 8, residual: true, num_classes: classes };
+    model::build(vs, &cfg, [1, 28, 28], 20)
+}
+
+fn max_diff(a: &nn::VarStore, b: &nn::VarStore) -> f64 {
+    let bv = b.variables();
+    a.variables().iter().map(|(k, t)| (t - &bv[k]).abs().max().double_value(&[])).fold(0.0, f64::max)
+}
+
+#[test]
+fn adam_matches_libtorch_adam_and_adamw() {
+    for (decoupled, wd) in [(false, 0.0), (false, 0.01), (true, 0.05)] {
+        tch::manual_seed(0);
+        let vs_a = nn::VarStore::new(Device::Cpu);
+        let net_a = small_net(&vs_a, 0);
+        let mut vs_b = nn::VarStore::new(Device::Cpu);
+        let net_b = small_net(&vs_b, 0);
+        vs_b.copy(&vs_a).unwrap();
+        let mut ours = Adam::new(&vs_a, 1e-2, AdamConfig { weight_decay: wd, decoupled, ..Default::default() });
+        let mut theirs = if decoupled {
+            nn::AdamW { wd, ..Default::default() }.build(&vs_b, 1e-2).unwrap()
+        } else {
+            nn::Adam { wd, ..Default::default() }.build(&vs_b, 1e-2).unwrap()
+        };
+        let xs = Tensor::randn([4, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let t = Tensor::from_slice(&[1i64, 5, 9, 19]);
+        for _ in 0..5 {
+            ours.backward_step(&net_a.forward(&xs, &t, None).square().mean(Kind::Float));
+            theirs.backward_step(&net_b.forward(&xs, &t, None).square().mean(Kind::Float));
+        }
+        let d = max_diff(&vs_a, &vs_b);
+        assert!(d < 1e-5, "decoupled={decoupled} wd={wd}: weights differ by {d}");
+        assert_eq!(ours.step, 5);
+    }
+}
+
+#[test]
+fn adam_state_round_trip_continues_identically() {
+    tch::manual_seed(1);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = small_net(&vs, 0);
+    let mut opt = Adam::new(&vs, 1e-2, AdamConfig::default());
+    let xs = Tensor::randn([2, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[3i64, 7]);
+    let loss = |n: &dyn Denoiser| n.forward(&xs, &t, None).square().mean(Kind::Float);
+    for _ in 0..3 {
+        opt.backward_step(&loss(net.as_ref()));
+    }
+    // A second copy restored from the first's weights and state.
+    let mut vs2 = nn::VarStore::new(Device::Cpu);
+    let net2 = small_net(&vs2, 0);
+    vs2.copy(&vs).unwrap();
+    let mut opt2 = Adam::new(&vs2, 1e-2, AdamConfig::default());
+    let state: std::collections::BTreeMap<String, Tensor> =
+        opt.state().into_iter().map(|(k, v)| (k, v.copy())).collect();
+    opt2.load_state(&state, opt.step).unwrap();
+    for _ in 0..3 {
+        opt.backward_step(&loss(net.as_ref()));
+        opt2.backward_step(&loss(net2.as_ref()));
+    }
+    assert_eq!(max_diff(&vs, &vs2), 0.0);
+    let mut bad: std::collections::BTreeMap<String, Tensor> =
+        state.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+    let first = bad.keys().next().unwrap().clone();
+    bad.remove(&first);
+    assert!(opt2.load_state(&bad, 3).unwrap_err().contains("lacks"));
+}
+
+#[test]
+fn ema_update_exact_numbers_with_warm_up() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut p = vs.root().zeros("w", &[2]);
+    let evs = nn::VarStore::new(Device::Cpu);
+    evs.root().zeros("w", &[2]);
+    let mut ema = Ema::new(&vs, evs, 0.9);
+    // Warm-up: d_0 = min(0.9, 1/10) = 0.1, d_1 = 2/11, d_20 = min(0.9, 21/30 = 0.7) = 0.7,
+    // d_1000 = 0.9.
+    assert!((ema.decay_at(0) - 0.1).abs() < 1e-12);
+    assert!((ema.decay_at(1) - 2.0 / 11.0).abs() < 1e-12);
+    assert!((ema.decay_at(20) - 0.7).abs() < 1e-12);
+    assert_eq!(ema.decay_at(1000), 0.9);
+    tch::no_grad(|| p.copy_(&Tensor::from_slice(&[1.0f32, -2.0])));
+    ema.update(0); // ema = 0 + (1 - 0.1) (p - 0) = 0.9 p
+    let e = ema.vs.variables()["w"].shallow_clone();
+    assert!((e.double_value(&[0]) - 0.9).abs() < 1e-6 && (e.double_value(&[1]) + 1.8).abs() < 1e-6);
+    ema.update(1000); // ema = 0.9 ema + 0.1 p = 0.81 + 0.1 = 0.91
+    assert!((e.double_value(&[0]) - 0.91).abs() < 1e-6, "{}", e.double_value(&[0]));
+    assert!((e.double_value(&[1]) + 1.82).abs() < 1e-6);
+}
+
+#[test]
+fn ddim_with_eta_one_over_all_steps_equals_the_ddpm_fixed_small_step() {
+    let ddpm = Ddpm::new(Schedule::linear(1000, 1e-4, 0.02), Device::Cpu);
+    tch::manual_seed(2);
+    let x = Tensor::randn([3, 1, 4, 4], (Kind::Float, Device::Cpu));
+    let eps = Tensor::randn([3, 1, 4, 4], (Kind::Float, Device::Cpu));
+    let z = Tensor::randn([3, 1, 4, 4], (Kind::Float, Device::Cpu));
+    for t in [999usize, 500, 10, 1] {
+        let a = ddpm.step(&eps, t, &x, &z, SampleOptions { simple_var: false, clip_x0: false });
+        let b = ddim::step(&ddpm.schedule, &eps, &x, (t, Some(t - 1)), &z, 1.0, false);
+        let d = (a - b).abs().max().double_value(&[]);
+        assert!(d < 1e-4, "t={t}: {d}");
+    }
+    // The last step (t = 0 -> x0) is the predicted x0 in both.
+    let a = ddpm.step(&eps, 0, &x, &z, SampleOptions { simple_var: false, clip_x0: false });
+    let b = ddim::step(&ddpm.schedule, &eps, &x, (0, None), &z, 1.0, false);
+    assert!((a - b).abs().max().double_value(&[]) < 1e-4);
+}
+
+#[test]
+fn ddim_timesteps() {
+    assert_eq!(ddim::timesteps(1000, 4, Spacing::Uniform), vec![0, 250, 500, 750]);
+    assert_eq!(ddim::timesteps(1000, 50, Spacing::Uniform).len(), 50);
+    let q = ddim::timesteps(1000, 10, Spacing::Quadratic);
+    assert_eq!(q[0], 0);
+    assert_eq!(*q.last().unwrap(), 800);
+    assert!(q.windows(2).all(|w| w[0] < w[1]), "{q:?}");
+    assert_eq!(ddim::timesteps(10, 100, Spacing::Uniform), (0..10).collect::<Vec<_>>());
+}
+
+#[test]
+fn ddim_eta_zero_is_deterministic_given_the_noise() {
+    tch::manual_seed(3);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = small_net(&vs, 0);
+    let ddpm = Ddpm::new(Schedule::linear(20, 1e-4, 0.02), Device::Cpu);
+    let sc = SamplerConfig {
+        sampler: Sampler::Ddim { steps: 5, eta: 0.0, spacing: Spacing::Uniform },
+        opts: SampleOptions { simple_var: true, clip_x0: false },
+        guidance: 1.0,
+    };
+    let noise = Tensor::randn([2, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let mut visited = Vec::new();
+    tch::manual_seed(10);
+    let a = sampler::sample(net.as_ref(), &ddpm, noise.copy(), None, &sc, |_, t, _| visited.push(t));
+    tch::manual_seed(99);
+    let b = sampler::sample(net.as_ref(), &ddpm, noise.copy(), None, &sc, |_, _, _| {});
+    assert!(a.equal(&b), "eta = 0 must not depend on the random generator");
+    assert_eq!(visited, vec![16, 12, 8, 4, 0]);
+    let sc1 = SamplerConfig { sampler: Sampler::Ddim { steps: 5, eta: 1.0, spacing: Spacing::Uniform }, ..sc };
+    tch::manual_seed(10);
+    let c = sampler::sample(net.as_ref(), &ddpm, noise.copy(), None, &sc1, |_, _, _| {});
+    tch::manual_seed(99);
+    let d = sampler::sample(net.as_ref(), &ddpm, noise, None, &sc1, |_, _, _| {});
+    assert!(!c.equal(&d), "eta = 1 draws fresh noise");
+}
+
+#[test]
+fn guidance_zero_is_unconditional_and_one_is_conditional() {
+    tch::manual_seed(4);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = small_net(&vs, 2);
+    assert_eq!(net.num_classes(), 2);
+    let x = Tensor::randn([3, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[1i64, 10, 19]);
+    let y = Tensor::from_slice(&[0i64, 1, 1]);
+    let null = Tensor::from_slice(&[2i64, 2, 2]);
+    let _g = tch::no_grad_guard();
+    let cond = net.forward(&x, &t, Some(&y));
+    let uncond = net.forward(&x, &t, Some(&null));
+    assert!(!cond.allclose(&uncond, 1e-5, 1e-5, false), "labels must change the prediction");
+    assert!(net.forward(&x, &t, None).allclose(&uncond, 1e-6, 1e-6, false), "None = the null class");
+    let g0 = sampler::predict_eps(net.as_ref(), &x, &t, Some(&y), 0.0);
+    let g1 = sampler::predict_eps(net.as_ref(), &x, &t, Some(&y), 1.0);
+    let g3 = sampler::predict_eps(net.as_ref(), &x, &t, Some(&y), 3.0);
+    assert!(g0.allclose(&uncond, 1e-5, 1e-5, false));
+    assert!(g1.allclose(&cond, 1e-5, 1e-5, false));
+    let want = &uncond + (&cond - &uncond) * 3.0;
+    assert!(g3.allclose(&want, 1e-4, 1e-4, false));
+}

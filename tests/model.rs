@@ -1,0 +1,255 @@
+//! The demo UNet, the DDPM maths and checkpoints: golden numbers, shapes, names, a model that
+//! must learn, round trips.
+
+mod common;
+
+use ddpm::checkpoint::{self, Checkpoint, ModelInfo};
+use ddpm::config::{Config, NetworkConfig};
+use ddpm::diffusion::ddpm::SampleOptions;
+use ddpm::diffusion::{Ddpm, Schedule};
+use ddpm::model::{self, embedding::sinusoidal_table};
+use std::collections::BTreeMap;
+use tch::{nn, nn::OptimizerConfig, Device, Kind, Reduction, Tensor};
+
+fn net_cfg(residual: bool) -> NetworkConfig {
+    NetworkConfig { channels: vec![10, 20, 40, 80], pe_dim: 128, residual, ..Default::default() }
+}
+
+/// Reads `../shared/reference/unet_res.<name>.keys.tsv` (name, shape, trainable), or the same
+/// list kept in tests/data/ when ../shared is absent.
+fn reference_keys(name: &str) -> BTreeMap<String, (Vec<i64>, bool)> {
+    let file = format!("unet_res.{name}.keys.tsv");
+    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference").join(&file);
+    let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(&file);
+    let text = std::fs::read_to_string(&shared).or_else(|_| std::fs::read_to_string(&local)).unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let shape = f[1].trim_matches(|c| c == '[' || c == ']').split(", ").map(|d| d.parse().unwrap()).collect();
+            (f[0].to_string(), (shape, f[2] == "yes"))
+        })
+        .collect()
+}
+
+fn our_keys(shape: [i64; 3]) -> (BTreeMap<String, (Vec<i64>, bool)>, nn::VarStore) {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _net = model::build(&vs, &net_cfg(true), shape, 1000);
+    let trainable: Vec<Tensor> = vs.trainable_variables();
+    let keys = vs
+        .variables()
+        .into_iter()
+        .map(|(k, t)| {
+            let tr = trainable.iter().any(|x| x.data_ptr() == t.data_ptr());
+            (k, (t.size(), tr))
+        })
+        .collect();
+    (keys, vs)
+}
+
+#[test]
+fn parameter_names_shapes_and_counts_equal_the_demo_state_dict() {
+    for (name, shape, trainable, total) in
+        [("mnist", [1, 28, 28], 543_950, 671_950), ("cifar10", [3, 32, 32], 586_256, 714_256)]
+    {
+        let (ours, vs) = our_keys(shape);
+        let want = reference_keys(name);
+        assert_eq!(ours, want, "{name}: names, shapes or trainability differ");
+        assert_eq!(model::trainable_parameters(&vs), trainable, "{name}");
+        let all: i64 = vs.variables().values().map(|t| t.numel() as i64).sum();
+        assert_eq!(all, total, "{name}");
+    }
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _net = model::build(&vs, &net_cfg(false), [1, 28, 28], 1000);
+    assert_eq!(model::trainable_parameters(&vs), 535_320, "the demo's plain UNet");
+}
+
+#[test]
+fn unet_output_shapes() {
+    tch::manual_seed(0);
+    for shape in [[1, 28, 28], [3, 32, 32]] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = model::build(&vs, &net_cfg(true), shape, 1000);
+        let xs = Tensor::randn([3, shape[0], shape[1], shape[2]], (Kind::Float, Device::Cpu));
+        let before = xs.copy();
+        let out = tch::no_grad(|| net.forward(&xs, &Tensor::from_slice(&[0i64, 500, 999]), None));
+        assert_eq!(out.size(), vec![3, shape[0], shape[1], shape[2]]);
+        assert!(xs.equal(&before), "forward must not modify its input");
+    }
+}
+
+#[test]
+fn sinusoidal_table_golden_values() {
+    let t = sinusoidal_table(1000, 128);
+    assert_eq!(t.size(), vec![1000, 128]);
+    let at = |r: i64, c: i64| t.double_value(&[r, c]);
+    assert_eq!(at(0, 0), 0.0); // sin(0)
+    assert_eq!(at(0, 1), 1.0); // cos(0)
+    assert!((at(1, 0) - 1f64.sin()).abs() < 1e-6);
+    assert!((at(1, 1) - 1f64.cos()).abs() < 1e-6);
+    // Column 2i = sin(t / 10000^(2i/128)); t = 500, i = 10.
+    let arg = 500.0 / 10000f64.powf(20.0 / 128.0);
+    assert!((at(500, 20) - arg.sin()).abs() < 1e-4);
+    assert!((at(500, 21) - arg.cos()).abs() < 1e-4);
+}
+
+/// Golden values (PyTorch, float64):
+/// ```python
+/// b = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64); ab = torch.cumprod(1 - b, 0)
+/// ab[0], ab[499], ab[999]  # 0.9999, 0.07858724288177824, 4.0358297653756754e-05
+/// (1 - ab[486]) / (1 - ab[487]) * b[487]  # 0.009791571985690044
+/// ```
+#[test]
+fn schedule_golden_numbers() {
+    let s = Schedule::linear(1000, 1e-4, 0.02);
+    assert_eq!(s.betas.len(), 1000);
+    assert!((s.betas[999] - 0.02).abs() < 1e-15);
+    assert!((s.alphas_cumprod[0] - 0.9999).abs() < 1e-15);
+    assert!((s.alphas_cumprod[499] - 0.07858724288177824).abs() < 1e-12);
+    assert!((s.alphas_cumprod[999] - 4.0358297653756754e-05).abs() < 1e-15);
+    assert!((s.posterior_variance(487) - 0.00979).abs() < 1e-5);
+    assert!((s.posterior_variance(487) - 0.009791571985690044).abs() < 1e-12);
+    assert_eq!(s.posterior_variance(0), 0.0);
+    assert_eq!(s.step_variance(487, true), s.betas[487]);
+}
+
+#[test]
+fn add_noise_has_the_right_mean_and_variance() {
+    tch::manual_seed(1);
+    let ddpm = Ddpm::new(Schedule::linear(1000, 1e-4, 0.02), Device::Cpu);
+    let n = 20000;
+    let x0 = Tensor::full([n, 1, 2, 2], 0.5, (Kind::Float, Device::Cpu));
+    let noise = x0.randn_like();
+    for t in [0i64, 499, 999] {
+        let ts = Tensor::full([n], t, (Kind::Int64, Device::Cpu));
+        let xt = ddpm.add_noise(&x0, &noise, &ts);
+        let ab = ddpm.schedule.alphas_cumprod[t as usize];
+        let mean = xt.mean(Kind::Double).double_value(&[]);
+        let var = xt.var(true).double_value(&[]);
+        assert!((mean - 0.5 * ab.sqrt()).abs() < 0.02, "t={t}: mean {mean}");
+        assert!((var - (1.0 - ab)).abs() < 0.03 * (1.0 - ab) + 1e-4, "t={t}: var {var}");
+    }
+    // One t per sample: sample 0 at t=0, sample 1 at t=999.
+    let x0 = Tensor::ones([2, 1, 1, 1], (Kind::Float, Device::Cpu));
+    let z = Tensor::zeros([2, 1, 1, 1], (Kind::Float, Device::Cpu));
+    let xt = ddpm.add_noise(&x0, &z, &Tensor::from_slice(&[0i64, 999]));
+    assert!((xt.double_value(&[0, 0, 0, 0]) - 0.9999f64.sqrt()).abs() < 1e-6);
+    assert!((xt.double_value(&[1, 0, 0, 0]) - 4.0358297653756754e-05f64.sqrt()).abs() < 1e-6);
+}
+
+#[test]
+fn reverse_step_matches_the_closed_form() {
+    let ddpm = Ddpm::new(Schedule::linear(1000, 1e-4, 0.02), Device::Cpu);
+    let s = &ddpm.schedule;
+    let x = Tensor::from_slice(&[0.3f32]).view([1, 1, 1, 1]);
+    let eps = Tensor::from_slice(&[-0.2f32]).view([1, 1, 1, 1]);
+    let z = Tensor::from_slice(&[1.5f32]).view([1, 1, 1, 1]);
+    for (t, simple) in [(500usize, true), (500, false), (0, true)] {
+        let got = ddpm
+            .step(&eps, t, &x, &z, SampleOptions { simple_var: simple, clip_x0: false })
+            .double_value(&[0, 0, 0, 0]);
+        let (a, ab) = (s.alphas[t], s.alphas_cumprod[t]);
+        let mean = (0.3 - (1.0 - a) / (1.0 - ab).sqrt() * -0.2) / a.sqrt();
+        let var = if t == 0 {
+            0.0
+        } else if simple {
+            s.betas[t]
+        } else {
+            s.posterior_variance(t)
+        };
+        let want = mean + var.sqrt() * 1.5;
+        assert!((got - want).abs() < 1e-5, "t={t} simple={simple}: {got} vs {want}");
+    }
+    // clip_x0 with a consistent eps reproduces the posterior mean of the true x0.
+    let t = 300;
+    let (ab, abp, b, a) = (s.alphas_cumprod[t], s.alphas_cumprod[t - 1], s.betas[t], s.alphas[t]);
+    let x0 = 0.4;
+    let xt = ab.sqrt() * x0 + (1.0 - ab).sqrt() * -0.2;
+    let x = Tensor::from_slice(&[xt as f32]).view([1, 1, 1, 1]);
+    let zero = x.zeros_like();
+    let got =
+        ddpm.step(&eps, t, &x, &zero, SampleOptions { simple_var: false, clip_x0: true }).double_value(&[0, 0, 0, 0]);
+    let want = abp.sqrt() * b / (1.0 - ab) * x0 + a.sqrt() * (1.0 - abp) / (1.0 - ab) * xt;
+    assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+}
+
+#[test]
+fn a_small_model_overfits_a_fixed_batch() {
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = NetworkConfig { channels: vec![8, 16], pe_dim: 16, residual: true, ..Default::default() };
+    let net = model::build(&vs, &cfg, [1, 28, 28], 100);
+    let ddpm = Ddpm::new(Schedule::linear(100, 1e-4, 0.02), Device::Cpu);
+    let mut opt = nn::Adam::default().build(&vs, 3e-3).unwrap();
+    let x0 = (Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu)) * 2.0 - 1.0).set_requires_grad(false);
+    let t = Tensor::randint(100, [8], (Kind::Int64, Device::Cpu));
+    let noise = x0.randn_like();
+    let xt = ddpm.add_noise(&x0, &noise, &t);
+    let mut losses = Vec::new();
+    for _ in 0..150 {
+        let loss = net.forward(&xt, &t, None).mse_loss(&noise, Reduction::Mean);
+        opt.backward_step(&loss);
+        losses.push(loss.double_value(&[]));
+    }
+    let (first, last) = (losses[0], *losses.last().unwrap());
+    assert!(first > 0.5, "initial loss {first}");
+    assert!(last < first / 10.0, "loss only fell from {first} to {last}");
+}
+
+#[test]
+fn checkpoint_round_trip_gives_identical_output_and_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ck.safetensors");
+    tch::manual_seed(5);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = Config {
+        network: NetworkConfig { channels: vec![6, 12, 24], pe_dim: 32, residual: true, ..Default::default() },
+        ddpm: ddpm::config::DdpmConfig { n_steps: 50, ..Default::default() },
+        ..Default::default()
+    };
+    let net = model::build(&vs, &cfg.network, [1, 28, 28], 50);
+    let mut info = ModelInfo::from_config(&cfg);
+    info.epoch = 3;
+    info.step = 77;
+    checkpoint::save(&vs, &info, &path).unwrap();
+
+    let ck = Checkpoint::read(&path).unwrap();
+    assert_eq!(ck.info.as_ref(), Some(&info));
+    let mut vs2 = nn::VarStore::new(Device::Cpu);
+    let net2 = model::build(&vs2, &info.network, info.image_shape, info.ddpm.n_steps);
+    ck.load_into(&mut vs2).unwrap();
+    let xs = Tensor::randn([2, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[3i64, 40]);
+    let (a, b) = tch::no_grad(|| (net.forward(&xs, &t, None), net2.forward(&xs, &t, None)));
+    assert!(a.equal(&b), "outputs differ after a round trip");
+
+    // Another architecture: the first tensor that does not fit is named with both shapes.
+    let mut vs3 = nn::VarStore::new(Device::Cpu);
+    let _n3 = model::build(&vs3, &net_cfg(true), [1, 28, 28], 50);
+    let e = format!("{:#}", ck.load_into(&mut vs3).unwrap_err());
+    assert!(e.contains("ck.safetensors") && e.contains("shape") && e.contains("expects"), "{e}");
+
+    // Truncated and foreign files are refused with the path named.
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let e = format!("{:#}", Checkpoint::read(&path).err().unwrap());
+    assert!(e.contains("ck.safetensors") && e.contains("safetensors"), "{e}");
+    std::fs::write(&path, b"PK\x03\x04 not a checkpoint").unwrap();
+    assert!(Checkpoint::read(&path).is_err());
+}
+
+#[test]
+fn rotation_keeps_the_newest_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = checkpoint::checkpoint_dir(dir.path());
+    std::fs::create_dir_all(&ck).unwrap();
+    for e in 1..=5 {
+        std::fs::write(checkpoint::epoch_path(dir.path(), e), b"x").unwrap();
+    }
+    std::fs::write(checkpoint::latest_path(dir.path()), b"x").unwrap();
+    checkpoint::rotate(dir.path(), 2).unwrap();
+    let mut left: Vec<String> =
+        std::fs::read_dir(&ck).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left, vec!["epoch-0004.safetensors", "epoch-0005.safetensors", "latest.safetensors"]);
+}

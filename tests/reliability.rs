@@ -1,0 +1,212 @@
+//! Never lose a run: exact resume, interruption by signals, run-directory ownership,
+//! divergence, and checkpoints that survive a crash.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn losses(run: &Path) -> Vec<(i64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_i64().unwrap(), v["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+fn tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
+    tch::Tensor::read_safetensors(path)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap()))
+        .collect()
+}
+
+/// A run stopped mid-epoch and resumed gives the same losses and weights as one that never
+/// stopped.
+#[test]
+fn resume_mid_epoch_equals_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_tiny_mnist(&d.join("data"), 48);
+    let cfg = tiny_config(d);
+    let c = cfg.to_str().unwrap();
+    let a = d.join("a");
+    let b = d.join("b");
+    let base = ["--config", c, "--set", "train.log_every=1", "--set", "train.grid_samples=0"];
+    let run = |extra: &[&str]| {
+        let args: Vec<&str> = ["train"].iter().chain(base.iter()).chain(extra.iter()).copied().collect();
+        let o = ddpm(d, &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    run(&["--run-dir", a.to_str().unwrap()]);
+    // 3 steps per epoch: stop after step 4, in the middle of epoch 2, then resume.
+    run(&["--run-dir", b.to_str().unwrap(), "--max-steps", "4"]);
+    assert_eq!(losses(&b).len(), 4);
+    run(&["--run-dir", b.to_str().unwrap(), "--resume"]);
+    let (la, lb) = (losses(&a), losses(&b));
+    assert_eq!(la.len(), 6);
+    assert_eq!(la, lb, "losses differ after resume");
+    for f in ["latest.safetensors", "latest.ema.safetensors", "latest.state.safetensors"] {
+        assert_eq!(tensors(&a.join("checkpoints").join(f)), tensors(&b.join("checkpoints").join(f)), "{f} differs");
+    }
+}
+
+#[test]
+fn a_second_run_into_the_same_dir_is_refused_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_tiny_mnist(&d.join("data"), 16);
+    let cfg = tiny_config(d);
+    let c = cfg.to_str().unwrap();
+    let o = ddpm(d, &["train", "--config", c, "--set", "train.grid_samples=0", "--epochs", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ddpm(d, &["train", "--config", c]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("already holds a run") && e.contains("--resume") && e.contains("--overwrite"), "{e}");
+    let o = ddpm(d, &["train", "--config", c, "--overwrite", "--epochs", "1", "--set", "train.grid_samples=0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(losses(&d.join("run")).len(), 1, "--overwrite starts the metrics afresh");
+
+    // A live lock holder is refused; a stale lock of a dead process is taken over.
+    std::fs::write(d.join("run/.lock"), format!("{}\n", std::process::id())).unwrap();
+    let o = ddpm(d, &["train", "--config", c, "--resume"]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("in use by a live run") && e.contains(&std::process::id().to_string()), "{e}");
+    std::fs::write(d.join("run/.lock"), "999999999\n").unwrap();
+    let o = ddpm(d, &["train", "--config", c, "--resume", "--epochs", "2", "--set", "train.grid_samples=0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("stale lock"));
+    assert!(!d.join("run/.lock").exists(), "the lock is released at exit");
+
+    let o = ddpm(d, &["train", "--config", c, "--resume", "--run-dir", "elsewhere"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no checkpoint"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_diverging_run_stops_with_the_step_and_keeps_no_nan_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_tiny_mnist(&d.join("data"), 64);
+    let cfg = tiny_config(d);
+    let o = ddpm(
+        d,
+        &["train", "--config", cfg.to_str().unwrap(), "--lr", "1e12", "--set", "train.log_every=1", "--epochs", "20"],
+    );
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    let last = e.lines().last().unwrap();
+    assert!(last.contains("the loss became") && last.contains("at step"), "{e}");
+    let latest = d.join("run/checkpoints/latest.safetensors");
+    if latest.exists() {
+        for (k, v) in tensors(&latest) {
+            assert!(v.iter().all(|x| x.is_finite()), "{k} has non-finite values");
+        }
+    }
+}
+
+fn spawn_training(d: &Path, cfg: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_ddpm"))
+        .args(["train", "--config", cfg.to_str().unwrap(), "--epochs", "1000", "--set", "train.log_every=1"])
+        .args(["--set", "train.grid_samples=0"])
+        .current_dir(d)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for_steps(run: &Path, n: usize) {
+    let start = Instant::now();
+    while std::fs::read_to_string(run.join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0) < n {
+        assert!(start.elapsed() < Duration::from_secs(120), "training did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+}
+
+#[test]
+fn ctrl_c_and_sigterm_save_and_say_how_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_tiny_mnist(&d.join("data"), 48);
+    let cfg = tiny_config(d);
+    let run = d.join("run");
+    for (sig, code, resume) in [("-INT", 130, false), ("-TERM", 143, true)] {
+        let child = if resume {
+            Command::new(env!("CARGO_BIN_EXE_ddpm"))
+                .args(["train", "--config", cfg.to_str().unwrap(), "--epochs", "1000", "--resume"])
+                .args(["--set", "train.log_every=1", "--set", "train.grid_samples=0"])
+                .current_dir(d)
+                .stderr(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        } else {
+            spawn_training(d, &cfg)
+        };
+        let before = std::fs::read_to_string(run.join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
+        wait_for_steps(&run, before + 2);
+        signal(child.id(), sig);
+        let out = child.wait_with_output().unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{e}");
+        assert!(e.contains("interrupted") && e.contains("--resume"), "{e}");
+        assert!(run.join("checkpoints/latest.state.safetensors").exists());
+        let ck = ddpm::checkpoint::Checkpoint::read(&run.join("checkpoints/latest.safetensors")).unwrap();
+        let info = ck.info.unwrap();
+        assert_eq!(info.step as usize, losses(&run).len(), "checkpoint at the last finished step");
+    }
+}
+
+/// A process killed while it writes a checkpoint leaves the previous one loadable.
+#[test]
+fn sigkill_during_a_save_keeps_the_previous_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_tiny_mnist(&d.join("data"), 48);
+    let cfg = tiny_config(d);
+    let o = ddpm(d, &["train", "--config", cfg.to_str().unwrap(), "--epochs", "1", "--set", "train.grid_samples=0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let latest = d.join("run/checkpoints/latest.safetensors");
+    let before = std::fs::read(&latest).unwrap();
+    // Resume with saves slowed down between writing the temporary file and renaming it, and
+    // kill the process while a temporary file exists.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ddpm"))
+        .args(["train", "--config", cfg.to_str().unwrap(), "--epochs", "5", "--resume", "--set", "train.grid_samples=0"])
+        .env("DDPM_SLOW_SAVE_MS", "3000")
+        .current_dir(d)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ck = d.join("run/checkpoints");
+    let start = Instant::now();
+    loop {
+        let tmp = std::fs::read_dir(&ck).unwrap().filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().contains(".tmp-"));
+        if tmp {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "no save started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(std::fs::read(&latest).unwrap(), before, "latest changed although the save was killed");
+    let ck = ddpm::checkpoint::Checkpoint::read(&latest).unwrap();
+    assert_eq!(ck.info.unwrap().epoch, 1);
+    // The next resume cleans up and continues from it.
+    let o = ddpm(d, &["train", "--config", cfg.to_str().unwrap(), "--epochs", "2", "--resume", "--set", "train.grid_samples=0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
