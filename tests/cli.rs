@@ -241,9 +241,29 @@ fn conditional_model_draws_the_asked_class() {
     let train = ddpm(
         d,
         &[
-            "train", "--config", c, "--epochs", "25", "--batch-size", "32", "--lr", "3e-3",
-            "--set", "network.num_classes=2", "--set", "network.channels=[16, 32]", "--set", "network.pe_dim=32",
-            "--set", "train.grid_samples=0", "--set", "train.ema_decay=0.99", "--set", "train.log_every=50",
+            "train",
+            "--config",
+            c,
+            "--epochs",
+            "25",
+            "--batch-size",
+            "32",
+            "--lr",
+            "3e-3",
+            "--set",
+            "network.num_classes=2",
+            "--set",
+            "network.channels=[16, 32]",
+            "--set",
+            "network.pe_dim=32",
+            "--set",
+            "ddpm.n_steps=100",
+            "--set",
+            "train.grid_samples=0",
+            "--set",
+            "train.ema_decay=0.99",
+            "--set",
+            "train.log_every=50",
         ],
     );
     assert!(train.status.success(), "{}", stderr(&train));
@@ -251,7 +271,21 @@ fn conditional_model_draws_the_asked_class() {
         let out = d.join(format!("label{label}.png"));
         let o = ddpm(
             d,
-            &["sample", "--config", c, "--label", label, "--guidance", "2", "--n-samples", "8", "--out", out.to_str().unwrap(), "--seed", "5"],
+            &[
+                "sample",
+                "--config",
+                c,
+                "--label",
+                label,
+                "--guidance",
+                "2",
+                "--n-samples",
+                "8",
+                "--out",
+                out.to_str().unwrap(),
+                "--seed",
+                "5",
+            ],
         );
         assert!(o.status.success(), "{}", stderr(&o));
         let img = image::open(&out).unwrap().to_luma8();
@@ -268,7 +302,22 @@ fn conditional_model_draws_the_asked_class() {
     let all = d.join("all.png");
     let o = ddpm(
         d,
-        &["sample", "--config", c, "--label", "all", "--n-samples", "6", "--sampler", "ddim", "--steps", "10", "--process", "--out", all.to_str().unwrap()],
+        &[
+            "sample",
+            "--config",
+            c,
+            "--label",
+            "all",
+            "--n-samples",
+            "6",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "10",
+            "--process",
+            "--out",
+            all.to_str().unwrap(),
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let img = image::open(&all).unwrap();
@@ -276,7 +325,9 @@ fn conditional_model_draws_the_asked_class() {
     let proc_png = image::open(d.join("all.process.png")).unwrap();
     assert_eq!((proc_png.width(), proc_png.height()), (11 * 28, 6 * 28), "a row per sample, 11 snapshots");
     let gif = std::fs::File::open(d.join("all.process.gif")).unwrap();
-    let frames = image::AnimationDecoder::into_frames(image::codecs::gif::GifDecoder::new(std::io::BufReader::new(gif)).unwrap());
+    let frames = image::AnimationDecoder::into_frames(
+        image::codecs::gif::GifDecoder::new(std::io::BufReader::new(gif)).unwrap(),
+    );
     let frames: Vec<_> = frames.collect::<Result<_, _>>().unwrap();
     assert_eq!(frames.len(), 11);
     assert_eq!(frames[0].buffer().dimensions(), (3 * 28, 2 * 28));

@@ -185,7 +185,16 @@ fn sigkill_during_a_save_keeps_the_previous_checkpoint() {
     // Resume with saves slowed down between writing the temporary file and renaming it, and
     // kill the process while a temporary file exists.
     let mut child = Command::new(env!("CARGO_BIN_EXE_ddpm"))
-        .args(["train", "--config", cfg.to_str().unwrap(), "--epochs", "5", "--resume", "--set", "train.grid_samples=0"])
+        .args([
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--epochs",
+            "5",
+            "--resume",
+            "--set",
+            "train.grid_samples=0",
+        ])
         .env("DDPM_SLOW_SAVE_MS", "3000")
         .current_dir(d)
         .stderr(Stdio::null())
@@ -194,7 +203,10 @@ fn sigkill_during_a_save_keeps_the_previous_checkpoint() {
     let ck = d.join("run/checkpoints");
     let start = Instant::now();
     loop {
-        let tmp = std::fs::read_dir(&ck).unwrap().filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().contains(".tmp-"));
+        let tmp = std::fs::read_dir(&ck)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().contains(".tmp-"));
         if tmp {
             break;
         }
@@ -207,6 +219,9 @@ fn sigkill_during_a_save_keeps_the_previous_checkpoint() {
     let ck = ddpm::checkpoint::Checkpoint::read(&latest).unwrap();
     assert_eq!(ck.info.unwrap().epoch, 1);
     // The next resume cleans up and continues from it.
-    let o = ddpm(d, &["train", "--config", cfg.to_str().unwrap(), "--epochs", "2", "--resume", "--set", "train.grid_samples=0"]);
+    let o = ddpm(
+        d,
+        &["train", "--config", cfg.to_str().unwrap(), "--epochs", "2", "--resume", "--set", "train.grid_samples=0"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
 }
