@@ -85,7 +85,7 @@ fn ema_update_exact_numbers_with_warm_up() {
     let vs = nn::VarStore::new(Device::Cpu);
     let mut p = vs.root().zeros("w", &[2]);
     let evs = nn::VarStore::new(Device::Cpu);
-    evs.root().zeros("w", &[2]);
+    let _w = evs.root().zeros("w", &[2]);
     let mut ema = Ema::new(&vs, evs, 0.9);
     // Warm-up: d_0 = min(0.9, 1/10) = 0.1, d_1 = 2/11, d_20 = min(0.9, 21/30 = 0.7) = 0.7,
     // d_1000 = 0.9.
