@@ -54,14 +54,39 @@ pub struct DdpmConfig {
     pub max_beta: f64,
 }
 
+/// Which noise-prediction network.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkKind {
+    /// The teaching demo's LayerNorm UNet (`channels`, `pe_dim`, `residual`).
+    Demo,
+    /// The DDPM paper's GroupNorm/SiLU UNet with self-attention (`base_channels`,
+    /// `channel_mults`, `num_res_blocks`, `attn_resolutions`, `dropout`, `groups`).
+    Unet,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkConfig {
+    /// `demo` or `unet`.
+    pub kind: NetworkKind,
     pub channels: Vec<i64>,
     pub pe_dim: i64,
     pub residual: bool,
     /// Classes for conditional generation (0 = unconditional, the demo's network).
     pub num_classes: i64,
+    /// unet: width of the first level.
+    pub base_channels: i64,
+    /// unet: width of each level as a multiple of base_channels.
+    pub channel_mults: Vec<i64>,
+    /// unet: residual blocks per level.
+    pub num_res_blocks: i64,
+    /// unet: feature-map sizes (e.g. 16) that get self-attention.
+    pub attn_resolutions: Vec<i64>,
+    /// unet: dropout inside the residual blocks.
+    pub dropout: f64,
+    /// unet: GroupNorm groups (every width must be divisible by it).
+    pub groups: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -87,6 +112,17 @@ pub struct TrainConfig {
     /// For conditional networks: the share of labels replaced by the null class, so one model
     /// learns conditional and unconditional generation (classifier-free guidance).
     pub cond_drop_prob: f64,
+    /// `adam` (L2 weight decay added to the gradient) or `adamw` (decoupled weight decay).
+    pub optimizer: String,
+    pub weight_decay: f64,
+    /// Linear learning-rate warm-up over this many steps (0 = none).
+    pub warmup_steps: i64,
+    /// Clip the global gradient norm to this value (0 = no clipping).
+    pub grad_clip: f64,
+    /// Random horizontal flips of the training images.
+    pub hflip: bool,
+    /// `fp32` or `bf16` (autocast on CUDA; on the CPU training stays fp32, with a warning).
+    pub precision: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -144,7 +180,19 @@ impl Default for DdpmConfig {
 
 impl Default for NetworkConfig {
     fn default() -> Self {
-        Self { channels: vec![10, 20, 40, 80], pe_dim: 128, residual: true, num_classes: 0 }
+        Self {
+            kind: NetworkKind::Demo,
+            channels: vec![10, 20, 40, 80],
+            pe_dim: 128,
+            residual: true,
+            num_classes: 0,
+            base_channels: 128,
+            channel_mults: vec![1, 2, 2, 2],
+            num_res_blocks: 2,
+            attn_resolutions: vec![16],
+            dropout: 0.1,
+            groups: 32,
+        }
     }
 }
 
@@ -161,6 +209,12 @@ impl Default for TrainConfig {
             keep_checkpoints: 3,
             ema_decay: 0.999,
             cond_drop_prob: 0.1,
+            optimizer: "adam".into(),
+            weight_decay: 0.0,
+            warmup_steps: 0,
+            grad_clip: 0.0,
+            hflip: false,
+            precision: "fp32".into(),
         }
     }
 }
@@ -293,8 +347,30 @@ impl Config {
             "a non-empty list of positive integers, e.g. [10, 20, 40, 80]",
         )?;
         range(n.pe_dim > 0 && n.pe_dim % 2 == 0, "network.pe_dim", n.pe_dim, "an even number > 0")?;
+        if n.kind == NetworkKind::Unet {
+            range(n.base_channels > 0, "network.base_channels", n.base_channels, "base_channels > 0")?;
+            range(
+                !n.channel_mults.is_empty() && n.channel_mults.iter().all(|&m| m > 0),
+                "network.channel_mults",
+                format!("{:?}", n.channel_mults),
+                "a non-empty list of positive integers, e.g. [1, 2, 2, 2]",
+            )?;
+            range(n.num_res_blocks >= 1, "network.num_res_blocks", n.num_res_blocks, "num_res_blocks >= 1")?;
+            range((0.0..1.0).contains(&n.dropout), "network.dropout", n.dropout, "0 <= dropout < 1")?;
+            let bad_width =
+                n.channel_mults.iter().map(|m| m * n.base_channels).find(|w| n.groups < 1 || w % n.groups != 0);
+            range(
+                bad_width.is_none(),
+                "network.groups",
+                n.groups,
+                &format!(
+                    "a divisor of every width (base_channels x channel_mults; {} is not divisible)",
+                    bad_width.unwrap_or(0)
+                ),
+            )?;
+        }
         let [_, h, w] = self.dataset_name().image_shape();
-        let levels = n.channels.len() as u32 - 1;
+        let levels = if n.kind == NetworkKind::Demo { n.channels.len() as u32 - 1 } else { 0 };
         range(
             h >> levels >= 1 && w >> levels >= 1,
             "network.channels",

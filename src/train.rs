@@ -77,6 +77,7 @@ struct Trainer<'a> {
     info: ModelInfo,
     pos: Position,
     curve: Vec<(i64, f64)>,
+    bf16: bool,
 }
 
 /// Builds the network described by `cfg` on `device` in a fresh store.
@@ -104,7 +105,11 @@ impl Trainer<'_> {
         let c = self.cfg;
         let len = idx.size()[0];
         tch::manual_seed(derived_seed(c.seed, SEED_STEP, self.pos.step));
-        let x0 = self.dataset.batch(idx, self.device);
+        let mut x0 = self.dataset.batch(idx, self.device);
+        if c.train.hflip {
+            let flip = Tensor::rand([len, 1, 1, 1], (Kind::Float, self.device)).lt(0.5);
+            x0 = x0.flip([3]).where_self(&flip, &x0);
+        }
         let t = Tensor::randint(c.ddpm.n_steps, [len], (Kind::Int64, self.device));
         let noise = x0.randn_like();
         let labels = (self.net.num_classes() > 0).then(|| {
@@ -114,8 +119,21 @@ impl Trainer<'_> {
             y.where_self(&drop.logical_not(), &y.full_like(self.net.num_classes()))
         });
         let x_t = self.ddpm.add_noise(&x0, &noise, &t);
-        let loss = self.net.forward(&x_t, &t, labels.as_ref()).mse_loss(&noise, Reduction::Mean);
-        self.opt.backward_step(&loss);
+        if c.train.warmup_steps > 0 {
+            self.opt.lr = c.train.lr * ((self.pos.step + 1) as f64 / c.train.warmup_steps as f64).min(1.0);
+        }
+        self.net.set_training(true);
+        let autocast = self.bf16 && self.device.is_cuda();
+        let loss = tch::autocast(autocast, || {
+            self.net.forward(&x_t, &t, labels.as_ref()).to_kind(Kind::Float).mse_loss(&noise, Reduction::Mean)
+        });
+        self.net.set_training(false);
+        self.opt.zero_grad();
+        loss.backward();
+        if c.train.grad_clip > 0.0 {
+            self.opt.clip_grad_norm(c.train.grad_clip);
+        }
+        self.opt.step();
         if let Some((ema, _)) = &mut self.ema {
             ema.update(self.pos.step);
         }
@@ -449,17 +467,24 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<TrainSummary> {
         (Ema::new(&vs, evs, cfg.train.ema_decay), enet)
     });
     tracing::info!(
-        "network channels {:?}, pe_dim {}, residual {}, classes {}: {} trainable parameters; EMA {}; device {}",
-        cfg.network.channels,
-        cfg.network.pe_dim,
-        cfg.network.residual,
+        "network {}, classes {}: {} trainable parameters; EMA {}; device {}",
+        describe_network(&cfg.network),
         cfg.network.num_classes,
         model::trainable_parameters(&vs),
         if cfg.train.ema_decay > 0.0 { format!("decay {}", cfg.train.ema_decay) } else { "off".into() },
         device::describe(device)
     );
     let ddpm = Ddpm::new(Schedule::linear(cfg.ddpm.n_steps, cfg.ddpm.min_beta, cfg.ddpm.max_beta), device);
-    let opt = Adam::new(&vs, cfg.train.lr, AdamConfig::default());
+    let adamw = cfg.train.optimizer.eq_ignore_ascii_case("adamw");
+    let opt = Adam::new(
+        &vs,
+        cfg.train.lr,
+        AdamConfig { weight_decay: cfg.train.weight_decay, decoupled: adamw, ..Default::default() },
+    );
+    let bf16 = cfg.train.precision.eq_ignore_ascii_case("bf16");
+    if bf16 && !device.is_cuda() {
+        tracing::warn!("train.precision bf16: autocast runs on CUDA only; on the CPU this run trains in fp32");
+    }
     let mut info = ModelInfo::from_config(cfg);
     info.class_names = dataset.class_names.clone();
     let mut trainer = Trainer {
@@ -476,9 +501,23 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<TrainSummary> {
         info,
         pos: Position { step: 0, epoch: 0, batch: 0 },
         curve: Vec::new(),
+        bf16,
     };
     if opts.resume {
         trainer.resume()?;
     }
     trainer.run()
+}
+
+/// A one-line description of the network settings.
+pub fn describe_network(n: &crate::config::NetworkConfig) -> String {
+    match n.kind {
+        crate::config::NetworkKind::Demo => {
+            format!("demo (channels {:?}, pe_dim {}, residual {})", n.channels, n.pe_dim, n.residual)
+        }
+        crate::config::NetworkKind::Unet => format!(
+            "unet (base {}, mults {:?}, {} blocks, attention at {:?}, dropout {})",
+            n.base_channels, n.channel_mults, n.num_res_blocks, n.attn_resolutions, n.dropout
+        ),
+    }
 }

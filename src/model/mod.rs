@@ -1,9 +1,12 @@
 //! Noise-prediction networks.
 
+pub mod attention;
+pub mod blocks;
+pub mod demo;
 pub mod embedding;
 pub mod unet;
 
-use crate::config::NetworkConfig;
+use crate::config::{NetworkConfig, NetworkKind};
 use tch::{nn, Tensor};
 
 /// A network that predicts the noise in `x_t` at timesteps `t`, optionally given class labels.
@@ -14,11 +17,28 @@ pub trait Denoiser {
 
     /// Number of classes for conditional generation (0 = unconditional).
     fn num_classes(&self) -> i64;
+
+    /// Switches dropout on (training) or off (sampling; the default).
+    fn set_training(&self, _on: bool) {}
 }
 
-impl Denoiser for unet::DemoUNet {
+impl Denoiser for unet::UNet {
     fn forward(&self, xs: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Tensor {
-        unet::DemoUNet::forward(self, xs, t, labels)
+        unet::UNet::forward(self, xs, t, labels)
+    }
+
+    fn num_classes(&self) -> i64 {
+        self.num_classes
+    }
+
+    fn set_training(&self, on: bool) {
+        unet::UNet::set_training(self, on)
+    }
+}
+
+impl Denoiser for demo::DemoUNet {
+    fn forward(&self, xs: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Tensor {
+        demo::DemoUNet::forward(self, xs, t, labels)
     }
 
     fn num_classes(&self) -> i64 {
@@ -28,7 +48,10 @@ impl Denoiser for unet::DemoUNet {
 
 /// Builds the configured network under the root of `vs`.
 pub fn build(vs: &nn::VarStore, cfg: &NetworkConfig, image_shape: [i64; 3], n_steps: i64) -> Box<dyn Denoiser> {
-    Box::new(unet::DemoUNet::new(&vs.root(), cfg, image_shape, n_steps))
+    match cfg.kind {
+        NetworkKind::Demo => Box::new(demo::DemoUNet::new(&vs.root(), cfg, image_shape, n_steps)),
+        NetworkKind::Unet => Box::new(unet::UNet::new(&vs.root(), cfg, image_shape)),
+    }
 }
 
 /// Number of trainable parameters in a store.

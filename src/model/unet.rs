@@ -1,173 +1,191 @@
-//! The teaching demo's UNet, parameter for parameter, so its PyTorch `state_dict` loads here
-//! and ours loads there. For `channels = [c1, .., ck]`:
+//! The DDPM paper's UNet (Ho et al. 2020, appendix B), `network.kind: unet`: GroupNorm/SiLU
+//! residual blocks, self-attention at chosen resolutions, a sinusoidal time embedding followed
+//! by an MLP with SiLU, configurable base width, channel multipliers, blocks per level and
+//! dropout. With base 128, multipliers (1, 2, 2, 2), 2 blocks, attention at 16x16 and dropout
+//! 0.1 it is the paper's 35.7M-parameter CIFAR-10 network.
 //!
-//! 1. time: `pe(t)` from the frozen sinusoidal table;
-//! 2. encoder level i (i = 1..k-1): `x + MLP_i(pe)` per channel -> 2 blocks -> skip -> 2x2
-//!    stride-2 conv;
-//! 3. middle: `x + Linear(pe)` -> 2 blocks to c_k;
-//! 4. decoder level i (deepest first): 2x2 stride-2 transposed conv -> zero-pad to the skip's
-//!    size -> concat [skip, up] -> `+ Linear(pe)` -> 2 blocks;
-//! 5. 3x3 conv to the image's channels.
+//! 1. `temb = MLP(sinusoid(t))` (+ a label embedding for conditional models);
+//! 2. `conv_in`, then per level: `num_res_blocks` ResBlocks (+ attention), a stride-2 conv
+//!    between levels; every output kept as a skip;
+//! 3. middle: ResBlock, attention, ResBlock;
+//! 4. per level, deepest first: `num_res_blocks + 1` ResBlocks on [x, skip] (+ attention),
+//!    nearest upsampling to the next skip's size (so 28x28 works: 7 -> 4 -> 7) and a conv;
+//! 5. GroupNorm, SiLU, conv 3x3 to the image's channels.
 
-use super::embedding::PositionalEncoding;
-use super::{conv2d, conv_transpose2d, linear};
+use super::attention::AttnBlock;
+use super::blocks::{group_norm, ResBlock};
+use super::{conv2d, linear};
 use crate::config::NetworkConfig;
+use std::cell::Cell;
 use tch::nn::{self, Module};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
-/// LayerNorm over (C, H, W) -> conv 3x3 -> ReLU -> conv 3x3 -> (+ input, through a 1x1 conv
-/// when channels change, if residual) -> ReLU.
 #[derive(Debug)]
-pub struct UnetBlock {
-    ln: nn::LayerNorm,
-    conv1: nn::Conv2D,
-    conv2: nn::Conv2D,
-    residual: bool,
-    residual_conv: Option<nn::Conv2D>,
+struct Stage {
+    res: ResBlock,
+    attn: Option<AttnBlock>,
 }
 
-impl UnetBlock {
-    /// `shape = [C_in, H, W]` of the input.
-    pub fn new(p: &nn::Path, shape: [i64; 3], c_in: i64, c_out: i64, residual: bool) -> Self {
-        let ln = nn::layer_norm(p / "ln", shape.to_vec(), Default::default());
-        let conv1 = conv2d(p / "conv1", c_in, c_out, 3, 1, 1);
-        let conv2 = conv2d(p / "conv2", c_out, c_out, 3, 1, 1);
-        let residual_conv = (residual && c_in != c_out).then(|| conv2d(p / "residual_conv", c_in, c_out, 1, 1, 0));
-        Self { ln, conv1, conv2, residual, residual_conv }
-    }
-
-    pub fn forward(&self, xs: &Tensor) -> Tensor {
-        let out = self.ln.forward(xs).apply(&self.conv1).relu().apply(&self.conv2);
-        let out = match (self.residual, &self.residual_conv) {
-            (false, _) => out,
-            (true, Some(conv)) => out + xs.apply(conv),
-            (true, None) => out + xs,
-        };
-        out.relu()
+impl Stage {
+    fn forward(&self, xs: &Tensor, temb: &Tensor, train: bool) -> Tensor {
+        let h = self.res.forward(xs, temb, train);
+        match &self.attn {
+            Some(a) => a.forward(&h),
+            None => h,
+        }
     }
 }
 
 #[derive(Debug)]
-struct Level {
-    pe_linear: Vec<nn::Linear>,
-    blocks: [UnetBlock; 2],
-    resample: Box<dyn Module>,
-}
-
-/// The demo network.
-#[derive(Debug)]
-pub struct DemoUNet {
-    pe: PositionalEncoding,
-    encoders: Vec<Level>,
-    pe_mid: nn::Linear,
-    mid: [UnetBlock; 2],
-    decoders: Vec<Level>,
-    conv_out: nn::Conv2D,
-    /// Class embedding (`num_classes + 1` rows, the last one the null class) added to the time
-    /// features; absent for unconditional networks, which then equal the demo's exactly.
+pub struct UNet {
+    base: i64,
+    temb_dense: [nn::Linear; 2],
     label_emb: Option<nn::Embedding>,
+    conv_in: nn::Conv2D,
+    /// Per level: its stages, then the downsampling conv (all levels but the last).
+    down: Vec<(Vec<Stage>, Option<nn::Conv2D>)>,
+    mid: (ResBlock, AttnBlock, ResBlock),
+    /// Deepest level first: its stages, then the upsampling conv (all levels but the first).
+    up: Vec<(Vec<Stage>, Option<nn::Conv2D>)>,
+    norm_out: nn::GroupNorm,
+    conv_out: nn::Conv2D,
     pub num_classes: i64,
+    training: Cell<bool>,
 }
 
-impl DemoUNet {
-    /// Builds the network for images of `image_shape = [C, H, W]` under `p`.
-    pub fn new(p: &nn::Path, cfg: &NetworkConfig, image_shape: [i64; 3], n_steps: i64) -> Self {
-        let [c, h, w] = image_shape;
-        let chans = &cfg.channels;
-        let k = chans.len();
-        let hs: Vec<i64> = (0..k).map(|i| h >> i).collect();
-        let ws: Vec<i64> = (0..k).map(|i| w >> i).collect();
-        let pe_dim = cfg.pe_dim;
-        let lin = |p: nn::Path, i, o| linear(p, i, o);
-        let block = |p: nn::Path, shape, ci, co| UnetBlock::new(&p, shape, ci, co, cfg.residual);
+/// `[N]` timesteps -> `[N, dim]` sinusoidal features (the paper's `get_timestep_embedding`:
+/// sin in the first half, cos in the second).
+pub fn timestep_embedding(t: &Tensor, dim: i64) -> Tensor {
+    let half = dim / 2;
+    let scale = -(10000f64.ln()) / (half - 1).max(1) as f64;
+    let freqs = (Tensor::arange(half, (Kind::Float, t.device())) * scale).exp(); // [half]
+    let args = t.to_kind(Kind::Float).unsqueeze(1) * freqs.unsqueeze(0); // [N, half]
+    let emb = Tensor::cat(&[args.sin(), args.cos()], 1);
+    if dim % 2 == 1 {
+        emb.constant_pad_nd([0, 1])
+    } else {
+        emb
+    }
+}
 
-        let mut encoders = Vec::new();
-        let mut prev = c;
-        for i in 0..k - 1 {
-            let ch = chans[i];
-            let pl = p / "pe_linears_en" / i;
-            let enc = p / "encoders" / i;
-            encoders.push(Level {
-                pe_linear: vec![lin(&pl / 0, pe_dim, prev), lin(&pl / 2, prev, prev)],
-                blocks: [block(&enc / 0, [prev, hs[i], ws[i]], prev, ch), block(&enc / 1, [ch, hs[i], ws[i]], ch, ch)],
-                resample: Box::new(conv2d(p / "downs" / i, ch, ch, 2, 2, 0)),
-            });
-            prev = ch;
+impl UNet {
+    pub fn new(p: &nn::Path, cfg: &NetworkConfig, image_shape: [i64; 3]) -> Self {
+        let [c, h, _] = image_shape;
+        let base = cfg.base_channels;
+        let temb_dim = 4 * base;
+        let (g, drop) = (cfg.groups, cfg.dropout);
+        let levels = cfg.channel_mults.len();
+        let chans: Vec<i64> = cfg.channel_mults.iter().map(|m| base * m).collect();
+        // Spatial size of each level: stride-2 3x3 convs with padding 1 (28 -> 14 -> 7 -> 4).
+        let mut sizes = vec![h];
+        for _ in 1..levels {
+            sizes.push((sizes[sizes.len() - 1] + 1) / 2);
         }
-        let pe_mid = lin(p / "pe_mid", pe_dim, prev);
-        let top = chans[k - 1];
-        let mid = [
-            block(p / "mid" / 0, [prev, hs[k - 1], ws[k - 1]], prev, top),
-            block(p / "mid" / 1, [top, hs[k - 1], ws[k - 1]], top, top),
-        ];
-        prev = top;
-        let mut decoders = Vec::new();
-        for (j, i) in (0..k - 1).rev().enumerate() {
-            let ch = chans[i];
-            let dec = p / "decoders" / j;
-            decoders.push(Level {
-                pe_linear: vec![lin(p / "pe_linears_de" / j, pe_dim, 2 * ch)],
-                blocks: [
-                    block(&dec / 0, [2 * ch, hs[i], ws[i]], 2 * ch, ch),
-                    block(&dec / 1, [ch, hs[i], ws[i]], ch, ch),
-                ],
-                resample: Box::new(conv_transpose2d(p / "ups" / j, prev, ch, 2, 2)),
+        let attn_at = |res: i64| cfg.attn_resolutions.contains(&res);
+        let stage = |p: nn::Path, ci: i64, co: i64, res: i64| Stage {
+            res: ResBlock::new(&(&p / "res"), ci, co, temb_dim, g, drop),
+            attn: attn_at(res).then(|| AttnBlock::new(&(&p / "attn"), co, g)),
+        };
+
+        let mut skip_chans = vec![base];
+        let mut down = Vec::new();
+        let mut ch = base;
+        for (i, &co) in chans.iter().enumerate() {
+            let lp = p / "down" / i;
+            let mut stages = Vec::new();
+            for b in 0..cfg.num_res_blocks {
+                stages.push(stage(&lp / b, ch, co, sizes[i]));
+                ch = co;
+                skip_chans.push(ch);
+            }
+            let ds = (i + 1 < levels).then(|| {
+                skip_chans.push(ch);
+                conv2d(&lp / "downsample", ch, ch, 3, 2, 1)
             });
-            prev = ch;
+            down.push((stages, ds));
         }
-        let conv_out = conv2d(p / "conv_out", prev, c, 3, 1, 1);
-        let pe = PositionalEncoding::new(&(p / "pe"), n_steps, pe_dim);
+        let mp = p / "mid";
+        let mid = (
+            ResBlock::new(&(&mp / "res1"), ch, ch, temb_dim, g, drop),
+            AttnBlock::new(&(&mp / "attn"), ch, g),
+            ResBlock::new(&(&mp / "res2"), ch, ch, temb_dim, g, drop),
+        );
+        let mut up = Vec::new();
+        for (i, &co) in chans.iter().enumerate().rev() {
+            let lp = p / "up" / i;
+            let mut stages = Vec::new();
+            for b in 0..=cfg.num_res_blocks {
+                let skip = skip_chans.pop().unwrap_or(base);
+                stages.push(stage(&lp / b, ch + skip, co, sizes[i]));
+                ch = co;
+            }
+            let us = (i > 0).then(|| conv2d(&lp / "upsample", ch, ch, 3, 1, 1));
+            up.push((stages, us));
+        }
         let label_emb = (cfg.num_classes > 0).then(|| {
             let init = nn::EmbeddingConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 1.0 }, ..Default::default() };
-            nn::embedding(p / "label_emb", cfg.num_classes + 1, pe_dim, init)
+            nn::embedding(p / "label_emb", cfg.num_classes + 1, temb_dim, init)
         });
-        Self { pe, encoders, pe_mid, mid, decoders, conv_out, label_emb, num_classes: cfg.num_classes }
+        Self {
+            base,
+            temb_dense: [linear(p / "temb" / 0, base, temb_dim), linear(p / "temb" / 1, temb_dim, temb_dim)],
+            label_emb,
+            conv_in: conv2d(p / "conv_in", c, base, 3, 1, 1),
+            down,
+            mid,
+            up,
+            norm_out: group_norm(p / "norm_out", g, ch),
+            conv_out: conv2d(p / "conv_out", ch, c, 3, 1, 1),
+            num_classes: cfg.num_classes,
+            training: Cell::new(false),
+        }
     }
 
-    /// Predicts the noise in `xs: [N, C, H, W]` at timesteps `t: i64 [N]`, for classes
-    /// `labels: i64 [N]` when the network is conditional (None = the null class).
+    pub fn set_training(&self, on: bool) {
+        self.training.set(on);
+    }
+
     pub fn forward(&self, xs: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Tensor {
+        let train = self.training.get();
         let n = xs.size()[0];
-        let mut temb = self.pe.forward(t); // [N, pe_dim]
+        // 1. time (and label) embedding
+        let mut temb = timestep_embedding(t, self.base).apply(&self.temb_dense[0]).silu().apply(&self.temb_dense[1]);
         if let Some(emb) = &self.label_emb {
-            let null;
             let y = match labels {
-                Some(y) => y,
-                None => {
-                    null = Tensor::full([n], self.num_classes, (tch::Kind::Int64, xs.device()));
-                    &null
-                }
+                Some(y) => y.shallow_clone(),
+                None => Tensor::full([n], self.num_classes, (Kind::Int64, xs.device())),
             };
             temb = &temb + y.apply(emb);
         }
-        let per_channel = |ys: Tensor| ys.view([n, -1, 1, 1]);
-        let mut x = xs.shallow_clone();
-        let mut skips = Vec::with_capacity(self.encoders.len());
-        for level in &self.encoders {
-            let pe = temb.apply(&level.pe_linear[0]).relu().apply(&level.pe_linear[1]);
-            // Never `+=` here: on a tch Tensor that is an in-place add, and `x` starts as the
-            // caller's input.
-            x = &x + per_channel(pe);
-            x = level.blocks[1].forward(&level.blocks[0].forward(&x));
-            x = {
-                let down = level.resample.forward(&x);
-                skips.push(x);
-                down
-            };
+        // 2. down path, keeping every output as a skip
+        let mut h = xs.apply(&self.conv_in);
+        let mut skips = vec![h.shallow_clone()];
+        for (stages, ds) in &self.down {
+            for s in stages {
+                h = s.forward(&h, &temb, train);
+                skips.push(h.shallow_clone());
+            }
+            if let Some(conv) = ds {
+                h = conv.forward(&h);
+                skips.push(h.shallow_clone());
+            }
         }
-        x = &x + per_channel(temb.apply(&self.pe_mid));
-        x = self.mid[1].forward(&self.mid[0].forward(&x));
-        for (level, skip) in self.decoders.iter().zip(skips.iter().rev()) {
-            let up = level.resample.forward(&x);
-            // Zero-pad at the end of H and W to the skip's size (3 -> 6 -> 7 on MNIST); the
-            // demo's F.pad splits the difference as (d // 2, d - d // 2).
-            let (dh, dw) = (skip.size()[2] - up.size()[2], skip.size()[3] - up.size()[3]);
-            let up =
-                if dh != 0 || dw != 0 { up.constant_pad_nd([dh / 2, dh - dh / 2, dw / 2, dw - dw / 2]) } else { up };
-            let cat = Tensor::cat(&[skip, &up], 1); // [N, 2 c_i, H_i, W_i]
-            x = cat + per_channel(temb.apply(&level.pe_linear[0]));
-            x = level.blocks[1].forward(&level.blocks[0].forward(&x));
+        // 3. middle
+        h = self.mid.0.forward(&h, &temb, train);
+        h = self.mid.1.forward(&h);
+        h = self.mid.2.forward(&h, &temb, train);
+        // 4. up path
+        for (stages, us) in &self.up {
+            for s in stages {
+                let skip = skips.pop().expect("one skip per up stage");
+                h = s.forward(&Tensor::cat(&[&h, &skip], 1), &temb, train);
+            }
+            if let Some(conv) = us {
+                let next = skips.last().expect("a skip below each upsampling").size();
+                h = h.upsample_nearest2d([next[2], next[3]], None, None).apply(conv);
+            }
         }
-        x.apply(&self.conv_out)
+        // 5. output
+        h.apply(&self.norm_out).silu().apply(&self.conv_out)
     }
 }
