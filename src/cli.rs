@@ -41,6 +41,49 @@ pub enum Command {
     Train(TrainArgs),
     /// Draw samples from a checkpoint (by default the run_dir's latest) into a PNG grid.
     Sample(SampleArgs),
+    /// Measure training and sampling speed and peak memory for the configured network and
+    /// dataset shape (random weights; warm-up first, medians over repeats).
+    Bench(BenchArgs),
+    /// Score samples from a checkpoint (or a saved tensor) against the dataset's test split:
+    /// a Fréchet distance of CNN-classifier features, a classifier score, the class-histogram
+    /// entropy and label fidelity, each beside its real-vs-real reference.
+    Eval(EvalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Checkpoint to evaluate (default: the run_dir's latest).
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: Option<PathBuf>,
+    /// Evaluate a tensor written by `ddpm sample --save-tensor` instead.
+    #[arg(long, value_name = "PATH", conflicts_with = "checkpoint")]
+    pub samples: Option<PathBuf>,
+    /// Number of samples (and of real test images in each reference set).
+    #[arg(long, short, default_value_t = 1000)]
+    pub n: i64,
+    /// Reverse process: ddpm or ddim (sample.sampler).
+    #[arg(long, value_parser = ["ddpm", "ddim"])]
+    pub sampler: Option<String>,
+    /// DDIM steps (sample.steps); alone it implies --sampler ddim.
+    #[arg(long)]
+    pub steps: Option<i64>,
+    /// Also write the result as JSON here.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Timed repeats per measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Training steps of the real data loop timed to estimate one epoch (0 = skip; needs the
+    /// dataset).
+    #[arg(long, default_value_t = 20)]
+    pub epoch_steps: i64,
+    /// Also write the results as JSON here.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -178,6 +221,11 @@ impl Cli {
                 put("sample.ema", a.no_ema.then(|| "false".to_string()));
                 put("sample.simple_var", var.map(|v| v.to_string()));
                 put("sample.clip_x0", a.clip_x0.then(|| "true".to_string()));
+            }
+            Command::Bench(_) => {}
+            Command::Eval(a) => {
+                put("sample.sampler", a.sampler.clone().or_else(|| a.steps.map(|_| "ddim".to_string())));
+                put("sample.steps", a.steps.map(|v| v.to_string()));
             }
         }
         out.extend(self.overrides.iter().cloned());

@@ -5,6 +5,7 @@
 //! and reverse process) -> [`train`] / [`sample`] (the commands), with [`checkpoint`] and
 //! [`grid`] for what a run writes.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod data;
 pub mod device;
 pub mod diffusion;
 pub mod ema;
+pub mod eval;
 pub mod fsutil;
 pub mod grid;
 pub mod interrupt;

@@ -21,6 +21,23 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Train(a) => {
             ddpm::train::train(&cfg, TrainOptions { resume: a.resume, overwrite: a.overwrite })?;
         }
+        Command::Eval(a) => {
+            let req = ddpm::eval::EvalRequest {
+                checkpoint: a.checkpoint.clone(),
+                samples: a.samples.clone(),
+                n: a.n,
+                json: a.json.clone(),
+            };
+            let r = ddpm::eval::eval(&cfg, &req)?;
+            println!("{}", ddpm::eval::table(&r));
+        }
+        Command::Bench(a) => {
+            let r = ddpm::bench::run(&cfg, a.repeats.max(1), a.epoch_steps)?;
+            println!("{}", ddpm::bench::table(&r));
+            if let Some(p) = &a.json {
+                ddpm::bench::write_json(&r, p)?;
+            }
+        }
         Command::Sample(a) => {
             let label =
                 match a.label.as_deref() {

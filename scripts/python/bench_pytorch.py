@@ -1,0 +1,136 @@
+"""The PyTorch side of `scripts/bench.sh`: the demo's UNet and training loop in eager mode, with
+the channels-last memory format, and under torch.compile, at the same thread count as ddpm.
+Measures what `ddpm bench` measures and writes JSON.
+
+usage: bench_pytorch.py --threads N --data DIR --json OUT [--repeats R] [--variants eager,channels_last,compile]
+"""
+
+import argparse
+import gzip
+import json
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from demo_unet import DDPM, UNet  # noqa: E402
+
+
+def timed(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_variant(name, repeats):
+    torch.manual_seed(0)
+    net = UNet(1000, (1, 28, 28))
+    ddpm = DDPM("cpu")
+    fmt = torch.channels_last if name == "channels_last" else torch.contiguous_format
+    net = net.to(memory_format=fmt)
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    model = torch.compile(net) if name == "compile" else net
+
+    def step(x):
+        t = torch.randint(0, 1000, (x.shape[0],))
+        eps = torch.randn_like(x)
+        loss = F.mse_loss(model(ddpm.sample_forward(x, t, eps), t), eps)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    out = {"train": []}
+    for batch in (128, 512):
+        x = (torch.rand(batch, 1, 28, 28) * 2 - 1).contiguous(memory_format=fmt)
+        for _ in range(2):
+            step(x)
+        s = timed(lambda: step(x), repeats)
+        out["train"].append([batch, s, batch / s])
+        print(f"{name}: train step at batch {batch}: {s:.3f} s ({batch / s:.0f} images/s)", flush=True)
+    x = torch.randn(81, 1, 28, 28).contiguous(memory_format=fmt)
+    t = torch.full((81,), 500)
+    with torch.no_grad():
+        for _ in range(3):
+            model(x, t)
+        out["forward81_sec"] = timed(lambda: model(x, t), max(repeats, 5))
+    out["sample_ddpm_sec"] = out["forward81_sec"] * 1000
+    print(f"{name}: forward at batch 81: {out['forward81_sec'] * 1e3:.1f} ms", flush=True)
+    return out
+
+
+def bench_epoch(data_dir, steps):
+    """The demo's input pipeline: torchvision MNIST, ToTensor, DataLoader(batch 512, shuffle)."""
+    try:
+        import torchvision
+        from torchvision import transforms
+    except ImportError:
+        print("torchvision is not installed: no epoch baseline", flush=True)
+        return None
+    root = tempfile.mkdtemp()
+    raw = os.path.join(root, "MNIST", "raw")
+    os.makedirs(raw)
+    for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        src = os.path.join(data_dir, f)
+        if os.path.exists(src):
+            shutil.copy(src, os.path.join(raw, f))
+        else:
+            with gzip.open(src + ".gz") as g, open(os.path.join(raw, f), "wb") as o:
+                o.write(g.read())
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Lambda(lambda x: (x - 0.5) * 2)])
+    ds = torchvision.datasets.MNIST(root, train=True, transform=tf, download=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=512, shuffle=True)
+    torch.manual_seed(0)
+    net = UNet(1000, (1, 28, 28))
+    ddpm = DDPM("cpu")
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    t0 = time.perf_counter()
+    n = 0
+    for x, _ in loader:
+        t = torch.randint(0, 1000, (x.shape[0],))
+        eps = torch.randn_like(x)
+        loss = F.mse_loss(net(ddpm.sample_forward(x, t, eps), t), eps)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        n += 1
+        if n == steps:
+            break
+    per_step = (time.perf_counter() - t0) / n
+    shutil.rmtree(root)
+    total = per_step * len(loader)
+    print(f"demo pipeline: one epoch {total:.1f} s (from {n} steps)", flush=True)
+    return total
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--epoch-steps", type=int, default=20)
+    ap.add_argument("--variants", default="eager,channels_last,compile")
+    ap.add_argument("--json", required=True)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    result = {"threads": a.threads, "torch": torch.__version__, "variants": {}}
+    result["epoch_sec"] = bench_epoch(a.data, a.epoch_steps) if a.epoch_steps > 0 else None
+    for v in a.variants.split(","):
+        result["variants"][v] = bench_variant(v, a.repeats)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with open(a.json, "w") as f:
+        json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Prints the Rust/PyTorch comparison of scripts/bench.sh as a Markdown table."""
+
+import json
+import sys
+
+rust = json.load(open(sys.argv[1]))
+py = json.load(open(sys.argv[2]))
+v = py["variants"]
+
+
+def train_ips(r, batch):
+    return next(x[2] for x in r["train"] if x[0] == batch)
+
+
+rows = []
+for batch in (128, 512):
+    ours = train_ips(rust, batch)
+    line = f"| train images/s, batch {batch} | {ours:.0f} |"
+    for name in ("eager", "channels_last", "compile"):
+        if name in v:
+            theirs = train_ips(v[name], batch)
+            line += f" {theirs:.0f} ({ours / theirs:.2f}x) |"
+        else:
+            line += " - |"
+    rows.append(line)
+line = f"| forward, batch 81 (ms) | {rust['forward81_sec'] * 1e3:.1f} |"
+for name in ("eager", "channels_last", "compile"):
+    if name in v:
+        line += f" {v[name]['forward81_sec'] * 1e3:.1f} ({v[name]['forward81_sec'] / rust['forward81_sec']:.2f}x) |"
+    else:
+        line += " - |"
+rows.append(line)
+if rust.get("epoch_sec") and py.get("epoch_sec"):
+    rows.append(f"| one MNIST epoch (s) | {rust['epoch_sec']:.1f} | {py['epoch_sec']:.1f} ({py['epoch_sec'] / rust['epoch_sec']:.2f}x, demo pipeline) | | |")
+rows.append(f"| 81 samples, DDPM-1000 (s) | {rust['sample_ddpm_sec']:.1f} | {v['eager']['sample_ddpm_sec']:.1f} (forwards only) | | |")
+rows.append(f"| 81 samples, DDIM-50 (s) | {rust['sample_ddim50_sec']:.2f} | | | |")
+rows.append(f"| peak memory (MiB) | {rust['peak_rss_mib']:.0f} | {py['peak_rss_mib']:.0f} (whole script) | | |")
+print(f"Threads: {rust['threads']}. Ratios are speed-ups of ddpm over each PyTorch variant.\n")
+print("| measure | ddpm | PyTorch eager | channels-last | torch.compile |")
+print("|---|---|---|---|---|")
+print("\n".join(rows))

@@ -1,0 +1,81 @@
+//! `ddpm eval`'s numbers: the Fréchet distance against its closed form, the classifier score and
+//! entropy on hand-made predictions, label fidelity, and the classifier on real MNIST.
+
+mod common;
+
+use ddpm::eval::metrics::*;
+use tch::{Device, Kind, Tensor};
+
+fn t(v: &[f64], shape: &[i64]) -> Tensor {
+    Tensor::from_slice(v).view(shape)
+}
+
+#[test]
+fn frechet_distance_of_a_set_with_itself_is_zero_and_it_is_symmetric() {
+    tch::manual_seed(0);
+    let a = Tensor::randn([500, 8], (Kind::Double, Device::Cpu));
+    let b = Tensor::randn([500, 8], (Kind::Double, Device::Cpu)) * 1.5 + 0.3;
+    assert!(frechet_distance_of(&a, &a) < 1e-8, "{}", frechet_distance_of(&a, &a));
+    let (ab, ba) = (frechet_distance_of(&a, &b), frechet_distance_of(&b, &a));
+    assert!((ab - ba).abs() < 1e-8 * ab.max(1.0), "{ab} vs {ba}");
+    assert!(ab > 1.0);
+}
+
+/// Two Gaussians with diagonal covariances: FD = |mu1 - mu2|^2 + sum (sqrt(a_i) - sqrt(b_i))^2.
+#[test]
+fn frechet_distance_of_two_gaussians_equals_the_closed_form() {
+    let mu1 = t(&[0.0, 1.0, -2.0], &[3]);
+    let mu2 = t(&[1.0, 1.0, 0.0], &[3]);
+    let (a, b) = ([1.0, 4.0, 0.25], [9.0, 1.0, 0.25]);
+    let s1 = Tensor::from_slice(&a).diag(0);
+    let s2 = Tensor::from_slice(&b).diag(0);
+    let want = 1.0 + 0.0 + 4.0 + (1.0f64 - 3.0).powi(2) + (2.0f64 - 1.0).powi(2) + 0.0;
+    let got = frechet_distance(&mu1, &s1, &mu2, &s2);
+    assert!((got - want).abs() < 1e-9, "{got} vs {want}");
+    // A non-diagonal case against the 1-D-rotated version of the same pair: FD is invariant
+    // under a rotation applied to both distributions.
+    let r = t(&[0.6, -0.8, 0.0, 0.8, 0.6, 0.0, 0.0, 0.0, 1.0], &[3, 3]);
+    let rot = |s: &Tensor| r.matmul(s).matmul(&r.transpose(0, 1));
+    let got_r = frechet_distance(&r.matmul(&mu1), &rot(&s1), &r.matmul(&mu2), &rot(&s2));
+    assert!((got_r - want).abs() < 1e-9, "{got_r} vs {want}");
+}
+
+#[test]
+fn classifier_score_and_entropy_on_hand_made_predictions() {
+    let k = 5;
+    let even = Tensor::eye(k, (Kind::Double, Device::Cpu)).repeat([4, 1]); // one-hot, 4 per class
+    assert!((classifier_score(&even) - k as f64).abs() < 1e-6);
+    assert!((class_histogram_entropy(&even) - (k as f64).ln()).abs() < 1e-9);
+    let single = Tensor::zeros([20, k], (Kind::Double, Device::Cpu)).index_fill(1, &Tensor::from_slice(&[2i64]), 1.0);
+    assert!((classifier_score(&single) - 1.0).abs() < 1e-6);
+    assert_eq!(class_histogram_entropy(&single), 0.0);
+    let uniform = Tensor::full([10, k], 1.0 / k as f64, (Kind::Double, Device::Cpu));
+    assert!((classifier_score(&uniform) - 1.0).abs() < 1e-6, "unsure predictions score 1");
+}
+
+#[test]
+fn label_fidelity_on_hand_made_predictions() {
+    let probs = t(&[0.9, 0.1, 0.2, 0.8, 0.6, 0.4, 0.3, 0.7], &[4, 2]);
+    let labels = Tensor::from_slice(&[0i64, 1, 1, 1]);
+    assert!((label_fidelity(&probs, &labels) - 0.75).abs() < 1e-12);
+}
+
+#[test]
+fn the_classifier_exceeds_98_percent_on_real_mnist() {
+    let Some(root) = common::shared_datasets() else {
+        eprintln!("SKIPPED the_classifier_exceeds_98_percent_on_real_mnist: ../shared/datasets is absent");
+        return;
+    };
+    let cfg = ddpm::config::DatasetConfig { name: "mnist".into(), root, download: false };
+    let train = ddpm::data::load(&cfg, ddpm::data::Split::Train).unwrap();
+    let test = ddpm::data::load(&cfg, ddpm::data::Split::Test).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("clf.safetensors");
+    let clf = ddpm::eval::classifier::load_or_train(&cache, &train, &test, Device::Cpu).unwrap();
+    let acc = clf.accuracy(&test);
+    println!("classifier test accuracy {acc:.4}");
+    assert!(acc >= 0.98, "test accuracy {acc}");
+    // The cache is reused: loading gives the same accuracy without training.
+    let again = ddpm::eval::classifier::load_or_train(&cache, &train, &test, Device::Cpu).unwrap();
+    assert_eq!(again.accuracy(&test), acc);
+}
