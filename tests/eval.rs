@@ -79,3 +79,43 @@ fn the_classifier_exceeds_98_percent_on_real_mnist() {
     let again = ddpm::eval::classifier::load_or_train(&cache, &train, &test, Device::Cpu).unwrap();
     assert_eq!(again.accuracy(&test), acc);
 }
+
+#[test]
+fn eval_command_scores_saved_samples_beside_the_real_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    common::write_tiny_mnist(&d.join("data"), 64);
+    // A test split: the same kind of bars.
+    let m = d.join("data/mnist");
+    std::fs::copy(m.join("train-images-idx3-ubyte"), m.join("t10k-images-idx3-ubyte")).unwrap();
+    std::fs::copy(m.join("train-labels-idx1-ubyte"), m.join("t10k-labels-idx1-ubyte")).unwrap();
+    let cfg = common::tiny_config(d);
+    let samples = d.join("s.safetensors");
+    let xs = ddpm::data::to_signed_unit(
+        &ddpm::data::load(
+            &ddpm::config::DatasetConfig { name: "mnist".into(), root: d.join("data"), download: false },
+            ddpm::data::Split::Train,
+        )
+        .unwrap()
+        .images
+        .narrow(0, 0, 16),
+    );
+    Tensor::write_safetensors(&[("samples", &xs)], &samples).unwrap();
+    let json = d.join("eval.json");
+    let o = common::ddpm(
+        d,
+        &["eval", "--config", cfg.to_str().unwrap(), "--samples", samples.to_str().unwrap(), "--n", "16", "--json", json.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("Frechet distance") && table.contains("real vs real"), "{table}");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for k in ["frechet_distance", "frechet_distance_real", "classifier_score", "classifier_score_real", "class_entropy", "n", "seed"] {
+        assert!(r.get(k).is_some(), "{k} missing: {r}");
+    }
+    // Real training images scored against real test images of the same kind: close to 0.
+    assert!(r["frechet_distance"].as_f64().unwrap() >= 0.0);
+    assert!(d.join("data/ddpm-classifier-mnist.safetensors").exists(), "the classifier is cached beside the data");
+    let o = common::ddpm(d, &["eval", "--config", cfg.to_str().unwrap(), "--samples", samples.to_str().unwrap(), "--n", "40"]);
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+}
