@@ -68,6 +68,11 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64) -> Result<BenchResult
     tch::manual_seed(cfg.seed as i64);
     let vs = nn::VarStore::new(device);
     let net = model::build(&vs, &cfg.network, shape, cfg.ddpm.n_steps);
+    let cl = cfg.channels_last;
+    let fmt = |x: Tensor| if cl { model::channels_last(&x) } else { x };
+    if cl {
+        model::vs_to_channels_last(&vs);
+    }
     let ddpm = Ddpm::new(Schedule::linear(cfg.ddpm.n_steps, cfg.ddpm.min_beta, cfg.ddpm.max_beta), device);
     let mut opt = Adam::new(&vs, cfg.train.lr, AdamConfig::default());
     let mut step = |x0: &Tensor| {
@@ -81,7 +86,7 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64) -> Result<BenchResult
 
     let mut train = Vec::new();
     for batch in [128i64, 512] {
-        let x0 = Tensor::rand([batch, c, h, w], (Kind::Float, device)) * 2.0 - 1.0;
+        let x0 = fmt(Tensor::rand([batch, c, h, w], (Kind::Float, device)) * 2.0 - 1.0);
         for _ in 0..2 {
             let _ = step(&x0);
         }
@@ -109,7 +114,7 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64) -> Result<BenchResult
                 let mut last = Tensor::zeros([], (Kind::Float, device));
                 for b in 0..steps {
                     let idx = perm.narrow(0, b * bs, bs.min(n - b * bs));
-                    last = step(&ds.batch(&idx, device));
+                    last = step(&fmt(ds.batch(&idx, device)));
                 }
                 let _ = last.double_value(&[]);
                 let per_step = t0.elapsed().as_secs_f64() / steps as f64;
@@ -127,7 +132,7 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64) -> Result<BenchResult
     };
 
     let _guard = tch::no_grad_guard();
-    let x = Tensor::randn([81, c, h, w], (Kind::Float, device));
+    let x = fmt(Tensor::randn([81, c, h, w], (Kind::Float, device)));
     let t = Tensor::full([81], 500, (Kind::Int64, device));
     for _ in 0..3 {
         let _ = net.forward(&x, &t, None);

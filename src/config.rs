@@ -28,6 +28,8 @@ pub struct Config {
     pub seed: u64,
     /// CPU threads for libtorch (0 = libtorch's default).
     pub threads: usize,
+    /// Convolutions in the channels-last memory format (NHWC strides).
+    pub channels_last: bool,
     pub dataset: DatasetConfig,
     pub ddpm: DdpmConfig,
     pub network: NetworkConfig,
@@ -157,6 +159,7 @@ impl Default for Config {
             device: "auto".into(),
             seed: 0,
             threads: 0,
+            channels_last: false,
             dataset: DatasetConfig::default(),
             ddpm: DdpmConfig::default(),
             network: NetworkConfig::default(),

@@ -97,3 +97,24 @@ pub fn linear(p: nn::Path, i: i64, o: i64) -> nn::Linear {
     let init = torch_init(i);
     nn::linear(p, i, o, nn::LinearConfig { ws_init: init, bs_init: Some(init), bias: true })
 }
+
+/// The same tensor with NHWC strides (libtorch's channels-last memory format: the logical
+/// shape stays `[N, C, H, W]`), which lets oneDNN pick its faster convolution kernels.
+pub fn channels_last(x: &Tensor) -> Tensor {
+    if x.dim() == 4 {
+        x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+    } else {
+        x.shallow_clone()
+    }
+}
+
+/// Moves every 4-D variable (the convolution weights) of `vs` to channels-last in place.
+pub fn vs_to_channels_last(vs: &nn::VarStore) {
+    let _guard = tch::no_grad_guard();
+    for (_, mut v) in vs.variables() {
+        if v.dim() == 4 {
+            let cl = channels_last(&v);
+            v.set_data(&cl);
+        }
+    }
+}
