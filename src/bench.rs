@@ -159,7 +159,11 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64) -> Result<BenchResult
     }
     let _ = xs.double_value(&[0, 0, 0, 0]);
     let sample_ddpm = t0.elapsed().as_secs_f64() / probe as f64 * cfg.ddpm.n_steps as f64;
-    let sc = SamplerConfig { sampler: Sampler::Ddim { steps: 50, eta: 0.0, spacing: Spacing::Uniform }, opts, guidance: 1.0 };
+    let sc = SamplerConfig {
+        sampler: Sampler::Ddim { steps: 50, eta: 0.0, spacing: Spacing::Uniform },
+        opts,
+        guidance: 1.0,
+    };
     let t0 = Instant::now();
     let out = sampler::sample(net.as_ref(), &ddpm, x.copy(), None, &sc, |_, _, _| {});
     let _ = out.double_value(&[0, 0, 0, 0]);
@@ -188,7 +192,8 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64) -> Result<BenchResult
 
 /// The result as a Markdown table.
 pub fn table(r: &BenchResult) -> String {
-    let mut s = format!("ddpm bench: {} on {}, {:?}\n\n| measure | value |\n|---|---|\n", r.network, r.device, r.image_shape);
+    let mut s =
+        format!("ddpm bench: {} on {}, {:?}\n\n| measure | value |\n|---|---|\n", r.network, r.device, r.image_shape);
     for (b, sec, ips) in &r.train {
         s += &format!("| train step, batch {b} | {sec:.3} s ({ips:.0} images/s) |\n");
     }

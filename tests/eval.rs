@@ -104,18 +104,39 @@ fn eval_command_scores_saved_samples_beside_the_real_reference() {
     let json = d.join("eval.json");
     let o = common::ddpm(
         d,
-        &["eval", "--config", cfg.to_str().unwrap(), "--samples", samples.to_str().unwrap(), "--n", "16", "--json", json.to_str().unwrap()],
+        &[
+            "eval",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--samples",
+            samples.to_str().unwrap(),
+            "--n",
+            "16",
+            "--json",
+            json.to_str().unwrap(),
+        ],
     );
     assert!(o.status.success(), "{}", common::stderr(&o));
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(table.contains("Frechet distance") && table.contains("real vs real"), "{table}");
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    for k in ["frechet_distance", "frechet_distance_real", "classifier_score", "classifier_score_real", "class_entropy", "n", "seed"] {
+    for k in [
+        "frechet_distance",
+        "frechet_distance_real",
+        "classifier_score",
+        "classifier_score_real",
+        "class_entropy",
+        "n",
+        "seed",
+    ] {
         assert!(r.get(k).is_some(), "{k} missing: {r}");
     }
     // Real training images scored against real test images of the same kind: close to 0.
     assert!(r["frechet_distance"].as_f64().unwrap() >= 0.0);
     assert!(d.join("data/ddpm-classifier-mnist.safetensors").exists(), "the classifier is cached beside the data");
-    let o = common::ddpm(d, &["eval", "--config", cfg.to_str().unwrap(), "--samples", samples.to_str().unwrap(), "--n", "40"]);
+    let o = common::ddpm(
+        d,
+        &["eval", "--config", cfg.to_str().unwrap(), "--samples", samples.to_str().unwrap(), "--n", "40"],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
 }

@@ -225,3 +225,55 @@ fn sigkill_during_a_save_keeps_the_previous_checkpoint() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// Every bad input gets one line, no panic, a non-zero exit.
+#[test]
+fn bad_inputs_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_tiny_mnist(&d.join("data"), 16);
+    let cfg = tiny_config(d);
+    let c = cfg.to_str().unwrap();
+    let check = |args: &[&str], code: i32, wants: &[&str]| {
+        let o = ddpm(d, args);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {e}");
+        let last = e.lines().last().unwrap_or("");
+        for w in wants {
+            assert!(last.contains(w), "{args:?}: missing {w:?} in {last}");
+        }
+        assert!(!e.contains("panicked"), "{e}");
+    };
+    // An unwritable run_dir (a path below a plain file).
+    std::fs::write(d.join("file"), b"x").unwrap();
+    check(&["train", "--config", c, "--run-dir", "file/run"], 1, &["cannot create run_dir", "file/run"]);
+    // Corrupt dataset files.
+    let imgs = d.join("data/mnist/train-images-idx3-ubyte");
+    let good = std::fs::read(&imgs).unwrap();
+    std::fs::write(&imgs, &good[..good.len() - 10]).unwrap();
+    check(&["train", "--config", c], 1, &["train-images-idx3-ubyte", "truncated"]);
+    std::fs::write(&imgs, &good).unwrap();
+    // A trained checkpoint, then bad sampling requests.
+    let o = ddpm(d, &["train", "--config", c, "--epochs", "1", "--set", "train.grid_samples=0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    check(&["sample", "--config", c, "--n-samples", "0"], 2, &["sample.n_samples = 0"]);
+    check(&["sample", "--config", c, "--n-samples", "100000000"], 2, &["GB", "at most"]);
+    check(&["sample", "--config", c, "--out", "file/x.png"], 2, &["cannot write file/x.png"]);
+    check(&["sample", "--config", c, "--label", "x"], 2, &["--label", "all"]);
+    // A checkpoint of another architecture without our metadata (as the demo writes them):
+    // the first tensor that does not fit is named with both shapes.
+    let ck = d.join("run/checkpoints/latest.safetensors");
+    let t = tch::Tensor::read_safetensors(&ck).unwrap();
+    let plain = d.join("plain.safetensors");
+    tch::Tensor::write_safetensors(&t, &plain).unwrap();
+    check(
+        &["sample", "--config", c, "--checkpoint", plain.to_str().unwrap(), "--set", "network.channels=[4, 8, 16]"],
+        1,
+        &["plain.safetensors", "has shape", "expects"],
+    );
+    // A truncated checkpoint.
+    let bytes = std::fs::read(&ck).unwrap();
+    let cut = d.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    check(&["sample", "--checkpoint", cut.to_str().unwrap(), "--config", c], 1, &["cut.safetensors", "safetensors"]);
+}

@@ -80,7 +80,10 @@ pub fn train(train: &ImageDataset, device: Device, epochs: i64, seed: i64) -> Re
     let clf = Classifier::new(device, train.image_shape(), classes);
     let mut opt = nn::Adam::default().build(&clf.vs, 1e-3)?;
     let n = train.len();
-    let bar = crate::logging::progress_bar((epochs * ((n + 127) / 128)) as u64, "classifier [{bar:30}] {pos}/{len} {msg} ETA {eta}");
+    let bar = crate::logging::progress_bar(
+        (epochs * ((n + 127) / 128)) as u64,
+        "classifier [{bar:30}] {pos}/{len} {msg} ETA {eta}",
+    );
     for _ in 0..epochs {
         let perm = Tensor::randperm(n, (Kind::Int64, Device::Cpu));
         for (i, idx) in perm.split(128, 0).iter().enumerate() {
@@ -101,7 +104,12 @@ pub fn train(train: &ImageDataset, device: Device, epochs: i64, seed: i64) -> Re
 
 /// Loads the cached classifier for `train` from `path`, or trains one (and caches it) when
 /// the cache is missing or was made from other data. Logs the test accuracy.
-pub fn load_or_train(path: &Path, train_ds: &ImageDataset, test_ds: &ImageDataset, device: Device) -> Result<Classifier> {
+pub fn load_or_train(
+    path: &Path,
+    train_ds: &ImageDataset,
+    test_ds: &ImageDataset,
+    device: Device,
+) -> Result<Classifier> {
     let sum = data_checksum(train_ds);
     if let Ok(ck) = crate::checkpoint::Checkpoint::read(path) {
         let meta = ck.metadata();
@@ -114,12 +122,20 @@ pub fn load_or_train(path: &Path, train_ds: &ImageDataset, test_ds: &ImageDatase
                 var.copy_(&t.to_device(device));
             }
             clf.vs.freeze();
-            tracing::info!("classifier {} (test accuracy {})", path.display(), meta.get("test_accuracy").map_or("?", |s| s));
+            tracing::info!(
+                "classifier {} (test accuracy {})",
+                path.display(),
+                meta.get("test_accuracy").map_or("?", |s| s)
+            );
             return Ok(clf);
         }
         tracing::warn!("{} was made from other data: training a new classifier", path.display());
     }
-    tracing::info!("training the evaluation classifier on {} images (once; cached at {})", train_ds.len(), path.display());
+    tracing::info!(
+        "training the evaluation classifier on {} images (once; cached at {})",
+        train_ds.len(),
+        path.display()
+    );
     let clf = train(train_ds, device, 2, 0)?;
     let acc = clf.accuracy(test_ds);
     tracing::info!("classifier test accuracy {:.2}%", acc * 100.0);

@@ -62,5 +62,10 @@ pub fn class_histogram_entropy(probs: &Tensor) -> f64 {
 
 /// Share of samples made for label y that the classifier calls y.
 pub fn label_fidelity(probs: &Tensor, labels: &Tensor) -> f64 {
-    probs.argmax(-1, false).eq_tensor(&labels.to_device(probs.device())).to_kind(Kind::Double).mean(Kind::Double).double_value(&[])
+    probs
+        .argmax(-1, false)
+        .eq_tensor(&labels.to_device(probs.device()))
+        .to_kind(Kind::Double)
+        .mean(Kind::Double)
+        .double_value(&[])
 }

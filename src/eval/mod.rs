@@ -52,9 +52,16 @@ pub fn table(r: &EvalResult) -> String {
         "{} | {} ({} steps) | N = {} | seed {}\n{:<34} {:>12} {:>16}\n",
         r.checkpoint, r.sampler, r.steps, r.n, r.seed, "metric", "samples", "real vs real"
     );
-    s += &format!("{:<34} {:>12.3} {:>16.3}\n", "Frechet distance (CNN features)", r.frechet_distance, r.frechet_distance_real);
-    s += &format!("{:<34} {:>12.3} {:>16.3}\n", "classifier score (IS-like)", r.classifier_score, r.classifier_score_real);
-    s += &format!("{:<34} {:>12.3} {:>16.3}\n", "class-histogram entropy (nats)", r.class_entropy, r.class_entropy_real);
+    s += &format!(
+        "{:<34} {:>12.3} {:>16.3}\n",
+        "Frechet distance (CNN features)", r.frechet_distance, r.frechet_distance_real
+    );
+    s += &format!(
+        "{:<34} {:>12.3} {:>16.3}\n",
+        "classifier score (IS-like)", r.classifier_score, r.classifier_score_real
+    );
+    s +=
+        &format!("{:<34} {:>12.3} {:>16.3}\n", "class-histogram entropy (nats)", r.class_entropy, r.class_entropy_real);
     if let Some(f) = r.label_fidelity {
         s += &format!("{:<34} {:>12.3} {:>16}\n", "label fidelity", f, "-");
     }
@@ -71,7 +78,10 @@ pub fn eval(cfg: &Config, req: &EvalRequest) -> Result<EvalResult> {
     let test = data::load(&cfg.dataset, Split::Test)?;
     let n = req.n;
     if n < 2 || 2 * n > test.len() {
-        bail!(ConfigError(format!("--n {n}: use 2 <= N <= {} (half the test split, for the real-vs-real reference)", test.len() / 2)));
+        bail!(ConfigError(format!(
+            "--n {n}: use 2 <= N <= {} (half the test split, for the real-vs-real reference)",
+            test.len() / 2
+        )));
     }
     let cache = cfg.dataset.root.join(format!("ddpm-classifier-{}.safetensors", cfg.dataset_name().as_str()));
     let clf = classifier::load_or_train(&cache, &train, &test, device)?;
@@ -90,7 +100,10 @@ pub fn eval(cfg: &Config, req: &EvalRequest) -> Result<EvalResult> {
         None => {
             let path = req.checkpoint.clone().unwrap_or_else(|| checkpoint::latest_path(&cfg.train.run_dir));
             if !path.exists() {
-                bail!(ConfigError(format!("no checkpoint at {}: pass --checkpoint PATH or --samples PATH", path.display())));
+                bail!(ConfigError(format!(
+                    "no checkpoint at {}: pass --checkpoint PATH or --samples PATH",
+                    path.display()
+                )));
             }
             let loaded = load_model(&path, cfg, device, cfg.sample.ema)?;
             let mut sc = sampler_config(cfg)?;
@@ -128,12 +141,17 @@ pub fn eval(cfg: &Config, req: &EvalRequest) -> Result<EvalResult> {
     let line = serde_json::to_string(&result)?;
     if req.samples.is_none() && req.checkpoint.is_none() {
         let path = cfg.train.run_dir.join("evals.jsonl");
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
         writeln!(f, "{line}")?;
         tracing::info!("appended to {}", path.display());
     }
     if let Some(p) = &req.json {
-        crate::fsutil::write_atomic(p, format!("{line}\n").as_bytes()).with_context(|| format!("writing {}", p.display()))?;
+        crate::fsutil::write_atomic(p, format!("{line}\n").as_bytes())
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(result)
 }
