@@ -125,6 +125,10 @@ pub struct TrainConfig {
     pub hflip: bool,
     /// `fp32` or `bf16` (autocast on CUDA; on the CPU training stays fp32, with a warning).
     pub precision: String,
+    /// Evaluate every this many epochs (0 = never): `eval_samples` DDIM-50 samples scored like
+    /// `ddpm eval`, appended to evals.jsonl and plotted in eval.png.
+    pub eval_every: i64,
+    pub eval_samples: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -218,6 +222,8 @@ impl Default for TrainConfig {
             grad_clip: 0.0,
             hflip: false,
             precision: "fp32".into(),
+            eval_every: 0,
+            eval_samples: 1000,
         }
     }
 }

@@ -78,6 +78,8 @@ struct Trainer<'a> {
     pos: Position,
     curve: Vec<(i64, f64)>,
     bf16: bool,
+    /// The classifier and test split for evaluation during training, when enabled.
+    evaluator: Option<(crate::eval::classifier::Classifier, ImageDataset)>,
 }
 
 /// Builds the network described by `cfg` on `device` in a fresh store.
@@ -359,6 +361,9 @@ impl Trainer<'_> {
             if c.train.grid_samples > 0 {
                 self.write_grid(epoch)?;
             }
+            if c.train.eval_every > 0 && epoch % c.train.eval_every == 0 {
+                self.evaluate(epoch)?;
+            }
             if self.pos.batch == spe {
                 self.pos = Position { epoch: epoch + 1, batch: 0, ..self.pos };
             }
@@ -377,6 +382,69 @@ impl Trainer<'_> {
             images_per_sec: ips,
             latest,
         })
+    }
+
+    /// A small evaluation (DDIM-50 from the EMA weights) appended to evals.jsonl and eval.png.
+    fn evaluate(&self, epoch: i64) -> Result<()> {
+        let Some((clf, test)) = &self.evaluator else { return Ok(()) };
+        let c = self.cfg;
+        let n = c.train.eval_samples.min(test.len() / 2);
+        let classes = self.net.num_classes();
+        let labels = (classes > 0).then(|| Tensor::arange(n, (Kind::Int64, self.device)).remainder(classes));
+        let sc = crate::diffusion::sampler::SamplerConfig {
+            sampler: crate::diffusion::sampler::Sampler::Ddim {
+                steps: 50,
+                eta: 0.0,
+                spacing: crate::diffusion::ddim::Spacing::Uniform,
+            },
+            opts: crate::diffusion::ddpm::SampleOptions { simple_var: c.sample.simple_var, clip_x0: c.sample.clip_x0 },
+            guidance: if classes > 0 { c.sample.guidance } else { 1.0 },
+        };
+        tch::manual_seed(c.seed as i64);
+        let mut parts = Vec::new();
+        let bs = c.sample.batch_size;
+        for i in 0..(n + bs - 1) / bs {
+            let b = bs.min(n - i * bs);
+            let noise = Tensor::randn([b, self.shape[0], self.shape[1], self.shape[2]], (Kind::Float, self.device));
+            let y = labels.as_ref().map(|l| l.narrow(0, i * bs, b));
+            parts.push(crate::diffusion::sampler::sample(
+                self.sampling_net(),
+                &self.ddpm,
+                noise,
+                y.as_ref(),
+                &sc,
+                |_, _, _| {},
+            ));
+        }
+        let s = crate::eval::score_samples(clf, test, &Tensor::cat(&parts, 0), labels.as_ref());
+        tracing::info!(
+            "eval at epoch {epoch}: Frechet distance {:.3} (real vs real {:.3}), classifier score {:.3}, class entropy {:.3}{}",
+            s.frechet_distance,
+            s.frechet_distance_real,
+            s.classifier_score,
+            s.class_entropy,
+            s.label_fidelity.map_or(String::new(), |f| format!(", label fidelity {f:.3}"))
+        );
+        let row = serde_json::json!({
+            "step": self.pos.step, "epoch": epoch, "sampler": "ddim", "steps": 50, "n": n, "seed": c.seed,
+            "frechet_distance": s.frechet_distance, "frechet_distance_real": s.frechet_distance_real,
+            "classifier_score": s.classifier_score, "classifier_score_real": s.classifier_score_real,
+            "class_entropy": s.class_entropy, "class_entropy_real": s.class_entropy_real, "label_fidelity": s.label_fidelity,
+        });
+        let path = self.run_dir.join("evals.jsonl");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        writeln!(f, "{row}")?;
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let points: Vec<(i64, f64)> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| Some((v["step"].as_i64()?, v["frechet_distance"].as_f64()?)))
+            .collect();
+        plot::save_loss_curve(&points, &self.run_dir.join("eval.png"))
     }
 
     /// The per-epoch grid from the EMA weights (if any), with fixed noise; conditional models
@@ -502,7 +570,13 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<TrainSummary> {
         pos: Position { step: 0, epoch: 0, batch: 0 },
         curve: Vec::new(),
         bf16,
+        evaluator: None,
     };
+    if cfg.train.eval_every > 0 {
+        let test = data::load(&cfg.dataset, Split::Test)?;
+        let clf = crate::eval::classifier_for(cfg, &trainer.dataset, &test, device)?;
+        trainer.evaluator = Some((clf, test));
+    }
     if opts.resume {
         trainer.resume()?;
     }

@@ -140,3 +140,36 @@ fn eval_command_scores_saved_samples_beside_the_real_reference() {
     );
     assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
 }
+
+#[test]
+fn evaluation_during_training_goes_into_evals_jsonl_and_a_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    common::write_tiny_mnist(&d.join("data"), 48);
+    let m = d.join("data/mnist");
+    std::fs::copy(m.join("train-images-idx3-ubyte"), m.join("t10k-images-idx3-ubyte")).unwrap();
+    std::fs::copy(m.join("train-labels-idx1-ubyte"), m.join("t10k-labels-idx1-ubyte")).unwrap();
+    let cfg = common::tiny_config(d);
+    let o = common::ddpm(
+        d,
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--set",
+            "train.eval_every=1",
+            "--set",
+            "train.eval_samples=8",
+            "--set",
+            "train.grid_samples=0",
+        ],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let text = std::fs::read_to_string(d.join("run/evals.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2, "one eval per epoch");
+    assert_eq!(rows[1]["epoch"], 2);
+    assert_eq!(rows[0]["n"], 8);
+    assert!(rows[0]["frechet_distance"].as_f64().unwrap() >= 0.0);
+    assert!(d.join("run/eval.png").exists());
+}

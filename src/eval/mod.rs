@@ -46,6 +46,53 @@ pub struct EvalResult {
     pub sample_seconds: f64,
 }
 
+/// The numbers for one set of samples.
+#[derive(Debug, Clone, Copy)]
+pub struct Scores {
+    pub frechet_distance: f64,
+    pub frechet_distance_real: f64,
+    pub classifier_score: f64,
+    pub classifier_score_real: f64,
+    pub class_entropy: f64,
+    pub class_entropy_real: f64,
+    pub label_fidelity: Option<f64>,
+}
+
+/// Scores `xs` (`[N, C, H, W]` in [-1, 1]) against the first N test images, and N other test
+/// images against the same for reference. Needs `2 N <= test.len()`.
+pub fn score_samples(
+    clf: &classifier::Classifier,
+    test: &data::ImageDataset,
+    xs: &Tensor,
+    labels: Option<&Tensor>,
+) -> Scores {
+    let n = xs.size()[0];
+    let real = |from: i64| data::to_signed_unit(&test.images.narrow(0, from, n));
+    let (f_real, _) = clf.embed(&real(0));
+    let (f_other, p_other) = clf.embed(&real(n));
+    let (f_s, p_s) = clf.embed(&xs.to_device(Device::Cpu));
+    Scores {
+        frechet_distance: metrics::frechet_distance_of(&f_s, &f_real),
+        frechet_distance_real: metrics::frechet_distance_of(&f_other, &f_real),
+        classifier_score: metrics::classifier_score(&p_s),
+        classifier_score_real: metrics::classifier_score(&p_other),
+        class_entropy: metrics::class_histogram_entropy(&p_s),
+        class_entropy_real: metrics::class_histogram_entropy(&p_other),
+        label_fidelity: labels.map(|l| metrics::label_fidelity(&p_s, l)),
+    }
+}
+
+/// The classifier for a configuration's dataset, cached beside the data.
+pub fn classifier_for(
+    cfg: &Config,
+    train: &data::ImageDataset,
+    test: &data::ImageDataset,
+    device: Device,
+) -> Result<classifier::Classifier> {
+    let cache = cfg.dataset.root.join(format!("ddpm-classifier-{}.safetensors", cfg.dataset_name().as_str()));
+    classifier::load_or_train(&cache, train, test, device)
+}
+
 /// The result as a terminal table.
 pub fn table(r: &EvalResult) -> String {
     let mut s = format!(
@@ -83,8 +130,7 @@ pub fn eval(cfg: &Config, req: &EvalRequest) -> Result<EvalResult> {
             test.len() / 2
         )));
     }
-    let cache = cfg.dataset.root.join(format!("ddpm-classifier-{}.safetensors", cfg.dataset_name().as_str()));
-    let clf = classifier::load_or_train(&cache, &train, &test, device)?;
+    let clf = classifier_for(cfg, &train, &test, device)?;
 
     let started = Instant::now();
     let (xs, labels, ckpt_name, sampler, steps) = match &req.samples {
@@ -118,24 +164,20 @@ pub fn eval(cfg: &Config, req: &EvalRequest) -> Result<EvalResult> {
         }
     };
     let sample_seconds = started.elapsed().as_secs_f64();
-    // Real images: the first N test images are the reference; the next N are "real samples".
-    let real = |from: i64| data::to_signed_unit(&test.images.narrow(0, from, n));
-    let (f_real, _) = clf.embed(&real(0));
-    let (f_other, p_other) = clf.embed(&real(n));
-    let (f_s, p_s) = clf.embed(&xs.to_device(Device::Cpu));
+    let sc = score_samples(&clf, &test, &xs, labels.as_ref());
     let result = EvalResult {
         checkpoint: ckpt_name,
         sampler,
         steps,
         n,
         seed: cfg.seed,
-        frechet_distance: metrics::frechet_distance_of(&f_s, &f_real),
-        frechet_distance_real: metrics::frechet_distance_of(&f_other, &f_real),
-        classifier_score: metrics::classifier_score(&p_s),
-        classifier_score_real: metrics::classifier_score(&p_other),
-        class_entropy: metrics::class_histogram_entropy(&p_s),
-        class_entropy_real: metrics::class_histogram_entropy(&p_other),
-        label_fidelity: labels.map(|l| metrics::label_fidelity(&p_s, &l)),
+        frechet_distance: sc.frechet_distance,
+        frechet_distance_real: sc.frechet_distance_real,
+        classifier_score: sc.classifier_score,
+        classifier_score_real: sc.classifier_score_real,
+        class_entropy: sc.class_entropy,
+        class_entropy_real: sc.class_entropy_real,
+        label_fidelity: sc.label_fidelity,
         sample_seconds,
     };
     let line = serde_json::to_string(&result)?;
