@@ -12,7 +12,8 @@ use ddpm::optim::{Adam, AdamConfig};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
 fn small_net(vs: &nn::VarStore, classes: i64) -> Box<dyn Denoiser> {
-    let cfg = NetworkConfig { channels: vec![4, 8], pe_dim: 8, residual: true, num_classes: classes };
+    let cfg =
+        NetworkConfig { channels: vec![4, 8], pe_dim: 8, residual: true, num_classes: classes, ..Default::default() };
     model::build(vs, &cfg, [1, 28, 28], 20)
 }
 
