@@ -57,8 +57,9 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// Runs the benchmark; `epoch_steps = 0` skips the epoch measurement.
-pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64) -> Result<BenchResult> {
+/// Runs the benchmark; `epoch_steps = 0` skips the epoch measurement, `sampling = false` the
+/// sampling ones (reported as NaN).
+pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], sampling: bool) -> Result<BenchResult> {
     if cfg.threads > 0 {
         tch::set_num_threads(cfg.threads as i32);
     }
@@ -85,7 +86,7 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64) -> Result<BenchResult
     };
 
     let mut train = Vec::new();
-    for batch in [128i64, 512] {
+    for &batch in batches {
         let x0 = fmt(Tensor::rand([batch, c, h, w], (Kind::Float, device)) * 2.0 - 1.0);
         for _ in 0..2 {
             let _ = step(&x0);
@@ -132,6 +133,21 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64) -> Result<BenchResult
     };
 
     let _guard = tch::no_grad_guard();
+    if !sampling {
+        return Ok(BenchResult {
+            device: device::describe(device),
+            threads: tch::get_num_threads(),
+            network: crate::train::describe_network(&cfg.network),
+            image_shape: shape,
+            train,
+            epoch_sec,
+            epoch_steps_timed: epoch_steps,
+            forward81_sec: f64::NAN,
+            sample_ddpm_sec: f64::NAN,
+            sample_ddim50_sec: f64::NAN,
+            peak_rss_mib: peak_rss_mib(),
+        });
+    }
     let x = fmt(Tensor::randn([81, c, h, w], (Kind::Float, device)));
     let t = Tensor::full([81], 500, (Kind::Int64, device));
     for _ in 0..3 {

@@ -32,7 +32,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             println!("{}", ddpm::eval::table(&r));
         }
         Command::Bench(a) => {
-            let r = ddpm::bench::run(&cfg, a.repeats.max(1), a.epoch_steps)?;
+            let r = ddpm::bench::run(&cfg, a.repeats.max(1), a.epoch_steps, &a.batches, !a.no_sampling)?;
             println!("{}", ddpm::bench::table(&r));
             if let Some(p) = &a.json {
                 ddpm::bench::write_json(&r, p)?;
