@@ -84,6 +84,12 @@ pub struct BenchArgs {
     /// Also write the results as JSON here.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
+    /// Batch sizes of the training-step measurement.
+    #[arg(long, value_delimiter = ',', default_value = "128,512")]
+    pub batches: Vec<i64>,
+    /// Skip the sampling measurements (for large networks on slow machines).
+    #[arg(long)]
+    pub no_sampling: bool,
 }
 
 #[derive(Debug, Args)]
