@@ -216,9 +216,11 @@ pub fn table(r: &BenchResult) -> String {
     if let Some(e) = r.epoch_sec {
         s += &format!("| one epoch incl. data preparation (from {} steps) | {e:.1} s |\n", r.epoch_steps_timed);
     }
-    s += &format!("| denoising forward, batch 81 | {:.1} ms |\n", r.forward81_sec * 1e3);
-    s += &format!("| 81 samples, DDPM (all steps) | {:.1} s |\n", r.sample_ddpm_sec);
-    s += &format!("| 81 samples, DDIM-50 | {:.2} s |\n", r.sample_ddim50_sec);
+    if r.forward81_sec.is_finite() {
+        s += &format!("| denoising forward, batch 81 | {:.1} ms |\n", r.forward81_sec * 1e3);
+        s += &format!("| 81 samples, DDPM (all steps) | {:.1} s |\n", r.sample_ddpm_sec);
+        s += &format!("| 81 samples, DDIM-50 | {:.2} s |\n", r.sample_ddim50_sec);
+    }
     s += &format!("| peak memory (RSS) | {:.0} MiB |\n", r.peak_rss_mib);
     s
 }
