@@ -133,20 +133,22 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
     };
 
     let _guard = tch::no_grad_guard();
+    let mut result = BenchResult {
+        device: device::describe(device),
+        threads: tch::get_num_threads(),
+        network: crate::train::describe_network(&cfg.network),
+        image_shape: shape,
+        train,
+        epoch_sec,
+        epoch_steps_timed: epoch_steps,
+        forward81_sec: f64::NAN,
+        sample_ddpm_sec: f64::NAN,
+        sample_ddim50_sec: f64::NAN,
+        peak_rss_mib: 0.0,
+    };
     if !sampling {
-        return Ok(BenchResult {
-            device: device::describe(device),
-            threads: tch::get_num_threads(),
-            network: crate::train::describe_network(&cfg.network),
-            image_shape: shape,
-            train,
-            epoch_sec,
-            epoch_steps_timed: epoch_steps,
-            forward81_sec: f64::NAN,
-            sample_ddpm_sec: f64::NAN,
-            sample_ddim50_sec: f64::NAN,
-            peak_rss_mib: peak_rss_mib(),
-        });
+        result.peak_rss_mib = peak_rss_mib();
+        return Ok(result);
     }
     let x = fmt(Tensor::randn([81, c, h, w], (Kind::Float, device)));
     let t = Tensor::full([81], 500, (Kind::Int64, device));
@@ -191,19 +193,11 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
         sample_ddpm,
         sample_ddim
     );
-    Ok(BenchResult {
-        device: device::describe(device),
-        threads: tch::get_num_threads(),
-        network: crate::train::describe_network(&cfg.network),
-        image_shape: shape,
-        train,
-        epoch_sec,
-        epoch_steps_timed: epoch_steps,
-        forward81_sec: forward81,
-        sample_ddpm_sec: sample_ddpm,
-        sample_ddim50_sec: sample_ddim,
-        peak_rss_mib: peak_rss_mib(),
-    })
+    result.forward81_sec = forward81;
+    result.sample_ddpm_sec = sample_ddpm;
+    result.sample_ddim50_sec = sample_ddim;
+    result.peak_rss_mib = peak_rss_mib();
+    Ok(result)
 }
 
 /// The result as a Markdown table.
