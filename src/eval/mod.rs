@@ -36,18 +36,13 @@ pub struct EvalResult {
     pub steps: usize,
     pub n: i64,
     pub seed: u64,
-    pub frechet_distance: f64,
-    pub frechet_distance_real: f64,
-    pub classifier_score: f64,
-    pub classifier_score_real: f64,
-    pub class_entropy: f64,
-    pub class_entropy_real: f64,
-    pub label_fidelity: Option<f64>,
+    #[serde(flatten)]
+    pub scores: Scores,
     pub sample_seconds: f64,
 }
 
 /// The numbers for one set of samples.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Scores {
     pub frechet_distance: f64,
     pub frechet_distance_real: f64,
@@ -95,21 +90,24 @@ pub fn classifier_for(
 
 /// The result as a terminal table.
 pub fn table(r: &EvalResult) -> String {
+    let sc = &r.scores;
     let mut s = format!(
         "{} | {} ({} steps) | N = {} | seed {}\n{:<34} {:>12} {:>16}\n",
         r.checkpoint, r.sampler, r.steps, r.n, r.seed, "metric", "samples", "real vs real"
     );
     s += &format!(
         "{:<34} {:>12.3} {:>16.3}\n",
-        "Frechet distance (CNN features)", r.frechet_distance, r.frechet_distance_real
+        "Frechet distance (CNN features)", sc.frechet_distance, sc.frechet_distance_real
     );
     s += &format!(
         "{:<34} {:>12.3} {:>16.3}\n",
-        "classifier score (IS-like)", r.classifier_score, r.classifier_score_real
+        "classifier score (IS-like)", sc.classifier_score, sc.classifier_score_real
     );
-    s +=
-        &format!("{:<34} {:>12.3} {:>16.3}\n", "class-histogram entropy (nats)", r.class_entropy, r.class_entropy_real);
-    if let Some(f) = r.label_fidelity {
+    s += &format!(
+        "{:<34} {:>12.3} {:>16.3}\n",
+        "class-histogram entropy (nats)", sc.class_entropy, sc.class_entropy_real
+    );
+    if let Some(f) = sc.label_fidelity {
         s += &format!("{:<34} {:>12.3} {:>16}\n", "label fidelity", f, "-");
     }
     s
@@ -165,21 +163,7 @@ pub fn eval(cfg: &Config, req: &EvalRequest) -> Result<EvalResult> {
     };
     let sample_seconds = started.elapsed().as_secs_f64();
     let sc = score_samples(&clf, &test, &xs, labels.as_ref());
-    let result = EvalResult {
-        checkpoint: ckpt_name,
-        sampler,
-        steps,
-        n,
-        seed: cfg.seed,
-        frechet_distance: sc.frechet_distance,
-        frechet_distance_real: sc.frechet_distance_real,
-        classifier_score: sc.classifier_score,
-        classifier_score_real: sc.classifier_score_real,
-        class_entropy: sc.class_entropy,
-        class_entropy_real: sc.class_entropy_real,
-        label_fidelity: sc.label_fidelity,
-        sample_seconds,
-    };
+    let result = EvalResult { checkpoint: ckpt_name, sampler, steps, n, seed: cfg.seed, scores: sc, sample_seconds };
     let line = serde_json::to_string(&result)?;
     if req.samples.is_none() && req.checkpoint.is_none() {
         let path = cfg.train.run_dir.join("evals.jsonl");
