@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 threads="${1:-$(nproc)}"
 scripts/setup.sh --data mnist
 if ! .venv/bin/python -c 'import torchvision' 2>/dev/null; then
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check "torchvision==0.28.0" --no-deps
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "torchvision==0.28.0" --no-deps && .venv/bin/python -m pip install --quiet --disable-pip-version-check pillow
 fi
 cargo build --release --quiet
 mkdir -p bench

@@ -117,6 +117,11 @@ pub struct TrainArgs {
     /// metrics.
     #[arg(long)]
     pub overwrite: bool,
+    /// Data-parallel training in N local processes (gloo on the CPU, NCCL on GPUs), each with
+    /// 1/N of every batch; the cores are shared among them. Launchers such as torchrun, which
+    /// set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT, work without it.
+    #[arg(long, value_name = "N")]
+    pub nproc: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -71,9 +71,16 @@ impl<'a> MakeWriter<'a> for FileW {
 }
 
 /// Installs the subscriber: `RUST_LOG` overrides the level (default `info`, `debug` with
-/// `verbose`).
-pub fn init(verbose: bool) {
-    let default = if verbose { "debug" } else { "info" };
+/// `verbose`, `warn` with `quiet`, which also hides the progress bars).
+pub fn init(verbose: bool, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, true) => "debug",
+        (false, false) => "info",
+    };
+    if quiet {
+        bars().set_draw_target(ProgressDrawTarget::hidden());
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let stderr = tracing_subscriber::fmt::layer().with_writer(StderrW).with_target(false).compact();

@@ -18,6 +18,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         _ => Config::load(&cli.config, &overrides)?,
     };
     match &cli.command {
+        Command::Train(a) if a.nproc.is_some() && std::env::var_os("WORLD_SIZE").is_none() => {
+            // Grace for the other workers to notice a failed one before they are killed.
+            ddpm::dist::launch(a.nproc.unwrap_or(1), std::time::Duration::from_secs(30))?;
+        }
         Command::Train(a) => {
             ddpm::train::train(&cfg, TrainOptions { resume: a.resume, overwrite: a.overwrite })?;
         }
@@ -63,7 +67,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ddpm::logging::init(cli.verbose);
+    // Workers other than rank 0 of a data-parallel run log warnings and errors only.
+    let rank = ddpm::dist::env_rank();
+    ddpm::logging::init(cli.verbose, rank > 0);
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -72,7 +78,10 @@ fn main() -> ExitCode {
                 eprintln!("{}", i.message);
                 return ExitCode::from(i.code);
             }
-            eprintln!("error: {err:#}");
+            match rank {
+                0 => eprintln!("error: {err:#}"),
+                r => eprintln!("error: rank {r}: {err:#}"),
+            }
             if err.chain().any(|e| e.downcast_ref::<ConfigError>().is_some()) {
                 ExitCode::from(2)
             } else {

@@ -56,6 +56,27 @@ impl Adam {
         }
     }
 
+    /// The gradient of every parameter, in a fixed order (zeros standing in for a parameter
+    /// that got none), for averaging across processes.
+    pub fn grads(&self) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .map(|(_, p)| {
+                let g = p.grad();
+                if g.defined() {
+                    g
+                } else {
+                    p.zeros_like()
+                }
+            })
+            .collect()
+    }
+
+    /// The parameters and both moments, in a fixed order (for broadcasting the whole state).
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        self.params.iter().map(|(_, p)| p).chain(self.exp_avg.iter()).chain(self.exp_avg_sq.iter()).collect()
+    }
+
     /// Global L2 norm of the gradients (a 0-dim tensor, no host sync).
     pub fn grad_norm(&self) -> Tensor {
         let norms: Vec<Tensor> = self

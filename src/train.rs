@@ -12,6 +12,7 @@ use crate::checkpoint::{self, Checkpoint, ModelInfo};
 use crate::config::{Config, ConfigError};
 use crate::data::{self, ImageDataset, Split};
 use crate::diffusion::{Ddpm, Schedule};
+use crate::dist::{DistEnv, ProcessGroup};
 use crate::ema::Ema;
 use crate::interrupt::{self, Interrupted};
 use crate::model::{self, Denoiser};
@@ -80,6 +81,10 @@ struct Trainer<'a> {
     bf16: bool,
     /// The classifier and test split for evaluation during training, when enabled.
     evaluator: Option<(crate::eval::classifier::Classifier, ImageDataset)>,
+    /// The process group of a data-parallel run (None: a single process).
+    dist: Option<ProcessGroup>,
+    /// A stop agreed by all ranks at the last step (data-parallel runs).
+    stop: Option<u8>,
 }
 
 /// Builds the network described by `cfg` on `device` in a fresh store.
@@ -90,6 +95,23 @@ fn build_net(cfg: &Config, shape: [i64; 3], device: Device) -> (nn::VarStore, Bo
 }
 
 impl Trainer<'_> {
+    /// Rank 0 (or the only process) writes checkpoints, grids, logs and metrics.
+    fn is_main(&self) -> bool {
+        self.dist.as_ref().is_none_or(|d| d.rank == 0)
+    }
+
+    /// This rank's part `(start, len)` of a global batch of `len` images.
+    fn shard(&self, len: i64) -> (i64, i64) {
+        match &self.dist {
+            None => (0, len),
+            Some(d) => {
+                let (r, w) = (d.rank as i64, d.world_size as i64);
+                let start = r * len / w;
+                (start, (r + 1) * len / w - start)
+            }
+        }
+    }
+
     fn steps_per_epoch(&self) -> i64 {
         (self.dataset.len() + self.cfg.train.batch_size - 1) / self.cfg.train.batch_size
     }
@@ -102,22 +124,27 @@ impl Trainer<'_> {
         }
     }
 
-    /// One optimizer step on the batch `idx`; returns the (device) loss.
-    fn step(&mut self, idx: &Tensor) -> Tensor {
+    /// One optimizer step on the (global) batch `idx`; returns the (device) loss. In a
+    /// data-parallel run every rank draws the random numbers of the whole batch from the same
+    /// seed and uses its shard of them, so N processes take the step one process would take.
+    fn step(&mut self, idx: &Tensor) -> Result<Tensor> {
         let c = self.cfg;
-        let len = idx.size()[0];
+        let full = idx.size()[0];
+        let (lo, len) = self.shard(full);
+        let idx = idx.narrow(0, lo, len);
+        let [ch, h, w] = self.shape;
         tch::manual_seed(derived_seed(c.seed, SEED_STEP, self.pos.step));
-        let mut x0 = self.dataset.batch(idx, self.device);
+        let mut x0 = self.dataset.batch(&idx, self.device);
         if c.train.hflip {
-            let flip = Tensor::rand([len, 1, 1, 1], (Kind::Float, self.device)).lt(0.5);
+            let flip = Tensor::rand([full, 1, 1, 1], (Kind::Float, self.device)).narrow(0, lo, len).lt(0.5);
             x0 = x0.flip([3]).where_self(&flip, &x0);
         }
-        let t = Tensor::randint(c.ddpm.n_steps, [len], (Kind::Int64, self.device));
-        let noise = x0.randn_like();
+        let t = Tensor::randint(c.ddpm.n_steps, [full], (Kind::Int64, self.device)).narrow(0, lo, len);
+        let noise = Tensor::randn([full, ch, h, w], (Kind::Float, self.device)).narrow(0, lo, len);
         let labels = (self.net.num_classes() > 0).then(|| {
-            let y = self.dataset.labels.index_select(0, idx).to_device(self.device);
+            let y = self.dataset.labels.index_select(0, &idx).to_device(self.device);
             // Label dropout to the null class (index num_classes) for classifier-free guidance.
-            let drop = Tensor::rand([len], (Kind::Float, self.device)).lt(c.train.cond_drop_prob);
+            let drop = Tensor::rand([full], (Kind::Float, self.device)).narrow(0, lo, len).lt(c.train.cond_drop_prob);
             y.where_self(&drop.logical_not(), &y.full_like(self.net.num_classes()))
         });
         let x_t = self.ddpm.add_noise(&x0, &noise, &t);
@@ -131,7 +158,35 @@ impl Trainer<'_> {
         });
         self.net.set_training(false);
         self.opt.zero_grad();
-        loss.backward();
+        // Unequal shards (a short last batch) weigh their mean by their share of the batch.
+        let scaled = match &self.dist {
+            Some(d) if len * d.world_size as i64 != full => &loss * (len * d.world_size as i64) as f64 / full as f64,
+            _ => loss.shallow_clone(),
+        };
+        scaled.backward();
+        let mut loss = loss.detach();
+        if let Some(d) = &self.dist {
+            // Gradients, the loss and a stop flag in one all-reduce; the flag makes every rank
+            // stop at the same step when any of them got a signal.
+            let code = interrupt::pending();
+            let flag = Tensor::from(match code {
+                None => 0f32,
+                Some(interrupt::EXIT_SIGINT) => 1.0,
+                Some(_) => 1000.0,
+            })
+            .to_device(self.device);
+            loss = &scaled.detach() * 1.0;
+            let grads = self.opt.grads();
+            let mut all: Vec<&Tensor> = grads.iter().collect();
+            all.push(&loss);
+            all.push(&flag);
+            d.all_reduce_mean(&all)?;
+            let f = flag.double_value(&[]) * d.world_size as f64;
+            if f > 0.5 {
+                self.stop =
+                    Some(code.unwrap_or(if f >= 999.5 { interrupt::EXIT_SIGTERM } else { interrupt::EXIT_SIGINT }));
+            }
+        }
         if c.train.grad_clip > 0.0 {
             self.opt.clip_grad_norm(c.train.grad_clip);
         }
@@ -140,7 +195,38 @@ impl Trainer<'_> {
             ema.update(self.pos.step);
         }
         self.pos.step += 1;
-        loss.detach()
+        Ok(loss)
+    }
+
+    /// A stop requested by a signal: this process's, or in a data-parallel run the one all
+    /// ranks agreed on at the last step.
+    fn stop_requested(&self) -> Option<u8> {
+        match &self.dist {
+            None => interrupt::pending(),
+            Some(_) => self.stop,
+        }
+    }
+
+    /// Rank 0's weights, EMA, optimizer state and position into every rank.
+    fn broadcast_state(&mut self) -> Result<()> {
+        let Some(d) = &self.dist else { return Ok(()) };
+        let pos = Tensor::from_slice(&[self.pos.step, self.pos.epoch, self.pos.batch, self.opt.step]);
+        let mut all: Vec<&Tensor> = self.opt.tensors();
+        let ema_vars: Vec<Tensor> = match &self.ema {
+            Some((ema, _)) => {
+                let mut v: Vec<(String, Tensor)> = ema.vs.variables().into_iter().collect();
+                v.sort_by(|a, b| a.0.cmp(&b.0));
+                v.into_iter().map(|(_, t)| t).collect()
+            }
+            None => Vec::new(),
+        };
+        all.extend(ema_vars.iter());
+        d.broadcast(&all, 0)?;
+        d.broadcast(&[&pos], 0)?;
+        let p: Vec<i64> = Vec::try_from(&pos)?;
+        self.pos = Position { step: p[0], epoch: p[1], batch: p[2] };
+        self.opt.step = p[3];
+        Ok(())
     }
 
     fn sampling_net(&self) -> &dyn Denoiser {
@@ -153,6 +239,9 @@ impl Trainer<'_> {
     /// Saves `latest` (weights, EMA, training state) and, at the end of an epoch, the epoch's
     /// checkpoint. Refuses to write non-finite weights.
     fn save(&mut self, end_of_epoch: bool) -> Result<()> {
+        if !self.is_main() {
+            return Ok(());
+        }
         let finite =
             tch::no_grad(|| self.vs.trainable_variables().iter().all(|t| t.isfinite().all().int64_value(&[]) == 1));
         if !finite {
@@ -256,6 +345,10 @@ impl Trainer<'_> {
     }
 
     fn interrupted(&mut self, code: u8) -> Result<()> {
+        if let Some(d) = self.dist.as_ref().filter(|d| d.rank != 0) {
+            let message = format!("rank {} stopped with the others at step {}", d.rank, self.pos.step);
+            return Err(Interrupted { code, message }.into());
+        }
         self.save(false)?;
         let how = if code == interrupt::EXIT_SIGINT { "Ctrl-C" } else { "SIGTERM" };
         Err(Interrupted {
@@ -276,12 +369,21 @@ impl Trainer<'_> {
         let bs = c.train.batch_size;
         let spe = self.steps_per_epoch();
         let total = self.total_steps();
-        let mut metrics = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.run_dir.join("metrics.jsonl"))
-            .with_context(|| format!("cannot write metrics into {}", self.run_dir.display()))?;
-        let mut tb = EventWriter::create(&self.run_dir.join("tensorboard"))?;
+        let main = self.is_main();
+        let mut metrics = match main {
+            true => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.run_dir.join("metrics.jsonl"))
+                    .with_context(|| format!("cannot write metrics into {}", self.run_dir.display()))?,
+            ),
+            false => None,
+        };
+        let mut tb = match main {
+            true => Some(EventWriter::create(&self.run_dir.join("tensorboard"))?),
+            false => None,
+        };
         let started = Instant::now();
         let (mut last_loss, mut ips) = (f64::NAN, 0.0);
         if self.pos.batch >= spe {
@@ -308,7 +410,7 @@ impl Trainer<'_> {
             while self.pos.batch < last_batch {
                 let b = self.pos.batch;
                 let len = bs.min(n_images - b * bs);
-                let loss = self.step(&perm.narrow(0, b * bs, len));
+                let loss = self.step(&perm.narrow(0, b * bs, len))?;
                 self.pos.batch += 1;
                 epoch_sum += &loss;
                 window_sum += &loss;
@@ -334,15 +436,19 @@ impl Trainer<'_> {
                         "step": step, "epoch": epoch, "loss": mean, "lr": self.opt.lr,
                         "images_per_sec": ips, "elapsed_sec": started.elapsed().as_secs_f64()
                     });
-                    writeln!(metrics, "{row}").context("writing metrics.jsonl")?;
-                    tb.scalar("train/loss", step, mean)?;
-                    tb.scalar("train/images_per_sec", step, ips)?;
+                    if let (Some(metrics), Some(tb)) = (&mut metrics, &mut tb) {
+                        writeln!(metrics, "{row}").context("writing metrics.jsonl")?;
+                        tb.scalar("train/loss", step, mean)?;
+                        tb.scalar("train/images_per_sec", step, ips)?;
+                    }
                     let _ = window_sum.zero_();
                     (window_steps, window_images, window_start) = (0, 0, Instant::now());
                 }
-                if let Some(code) = interrupt::pending() {
+                if let Some(code) = self.stop_requested() {
                     bar.abandon();
-                    tb.flush()?;
+                    if let Some(tb) = &mut tb {
+                        tb.flush()?;
+                    }
                     return Err(self.interrupted(code).unwrap_err());
                 }
             }
@@ -354,15 +460,19 @@ impl Trainer<'_> {
                 c.train.n_epochs,
                 epoch_images as f64 / secs
             );
-            tb.scalar("train/epoch_loss", self.pos.step, epoch_loss)?;
-            tb.flush()?;
-            self.save(self.pos.batch == spe)?;
-            plot::save_loss_curve(&self.curve, &self.run_dir.join("loss.png"))?;
-            if c.train.grid_samples > 0 {
-                self.write_grid(epoch)?;
+            if let Some(tb) = &mut tb {
+                tb.scalar("train/epoch_loss", self.pos.step, epoch_loss)?;
+                tb.flush()?;
             }
-            if c.train.eval_every > 0 && epoch % c.train.eval_every == 0 {
-                self.evaluate(epoch)?;
+            if main {
+                self.save(self.pos.batch == spe)?;
+                plot::save_loss_curve(&self.curve, &self.run_dir.join("loss.png"))?;
+                if c.train.grid_samples > 0 {
+                    self.write_grid(epoch)?;
+                }
+                if c.train.eval_every > 0 && epoch % c.train.eval_every == 0 {
+                    self.evaluate(epoch)?;
+                }
             }
             if self.pos.batch == spe {
                 self.pos = Position { epoch: epoch + 1, batch: 0, ..self.pos };
@@ -500,19 +610,63 @@ fn read_curve(run_dir: &Path, step: i64) -> Result<Vec<(i64, f64)>> {
 
 /// `ddpm train`.
 pub fn train(cfg: &Config, opts: TrainOptions) -> Result<TrainSummary> {
-    if cfg.threads > 0 {
-        tch::set_num_threads(cfg.threads as i32);
+    let env = DistEnv::from_env()?;
+    match (&env, cfg.threads) {
+        (_, n) if n > 0 => tch::set_num_threads(n as i32),
+        // Workers on one machine share its cores instead of each taking all of them.
+        (Some(e), _) => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            tch::set_num_threads((cores / e.local_world_size.max(1)).max(1) as i32);
+        }
+        _ => {}
     }
-    let device = device::resolve(&cfg.device)?;
-    let run_dir = cfg.train.run_dir.clone();
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create run_dir {}", run_dir.display()))?;
-    let _lock = RunLock::acquire(&run_dir)?;
-    run_dir::check_fresh_start(&run_dir, opts.resume, opts.overwrite)?;
-    crate::fsutil::write_atomic(&run_dir.join("config.yml"), cfg.to_yaml().as_bytes())
-        .with_context(|| format!("cannot write into run_dir {}", run_dir.display()))?;
-    logging::log_to_file(&run_dir.join("train.log"))?;
+    let mut device = device::resolve(&cfg.device)?;
+    if let (Some(e), Device::Cuda(_)) = (&env, device) {
+        device = Device::Cuda(e.local_rank);
+    }
     interrupt::install()?;
-    tracing::info!("run directory {}", run_dir.display());
+    let dist = match &env {
+        None => None,
+        Some(e) => {
+            let backend = dist_backend(device)?;
+            let timeout = dist_timeout()?;
+            let pg = ProcessGroup::new(e, &backend, timeout)?;
+            if e.rank == 0 {
+                tracing::info!(
+                    "data-parallel: {} processes ({backend}, rendezvous {}:{}), {} images per process per step",
+                    e.world_size,
+                    e.master_addr,
+                    e.master_port,
+                    cfg.train.batch_size / e.world_size as i64
+                );
+            }
+            Some(pg)
+        }
+    };
+    let main = dist.as_ref().is_none_or(|d| d.rank == 0);
+    let run_dir = cfg.train.run_dir.clone();
+    let _lock = match main {
+        true => {
+            std::fs::create_dir_all(&run_dir)
+                .with_context(|| format!("cannot create run_dir {}", run_dir.display()))?;
+            let lock = RunLock::acquire(&run_dir)?;
+            run_dir::check_fresh_start(&run_dir, opts.resume, opts.overwrite)?;
+            crate::fsutil::write_atomic(&run_dir.join("config.yml"), cfg.to_yaml().as_bytes())
+                .with_context(|| format!("cannot write into run_dir {}", run_dir.display()))?;
+            logging::log_to_file(&run_dir.join("train.log"))?;
+            tracing::info!("run directory {}", run_dir.display());
+            Some(lock)
+        }
+        false => None,
+    };
+    if let Some(d) = &dist {
+        if cfg.train.batch_size < d.world_size as i64 {
+            bail!(ConfigError(format!(
+                "train.batch_size = {} is smaller than the {} processes: each needs at least one image per step",
+                cfg.train.batch_size, d.world_size
+            )));
+        }
+    }
 
     let dataset = data::load(&cfg.dataset, Split::Train)?;
     let name = cfg.dataset_name();
@@ -571,16 +725,49 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<TrainSummary> {
         curve: Vec::new(),
         bf16,
         evaluator: None,
+        dist,
+        stop: None,
     };
-    if cfg.train.eval_every > 0 {
+    if cfg.train.eval_every > 0 && main {
         let test = data::load(&cfg.dataset, Split::Test)?;
         let clf = crate::eval::classifier_for(cfg, &trainer.dataset, &test, device)?;
         trainer.evaluator = Some((clf, test));
     }
-    if opts.resume {
+    if opts.resume && main {
         trainer.resume()?;
     }
+    trainer.broadcast_state()?;
     trainer.run()
+}
+
+/// The collective backend of a data-parallel run: `DDPM_DIST_BACKEND` (gloo or nccl), else
+/// NCCL on GPUs and gloo on the CPU.
+fn dist_backend(device: Device) -> Result<String> {
+    let backend = match std::env::var("DDPM_DIST_BACKEND") {
+        Ok(b) if b == "gloo" || b == "nccl" => b,
+        Ok(b) => bail!(ConfigError(format!("DDPM_DIST_BACKEND={b:?}: expected gloo or nccl"))),
+        Err(_) if device.is_cuda() => "nccl".into(),
+        Err(_) => "gloo".into(),
+    };
+    if backend == "nccl" && !device.is_cuda() {
+        bail!(ConfigError("DDPM_DIST_BACKEND=nccl needs a CUDA device (use gloo on the CPU)".into()));
+    }
+    Ok(backend)
+}
+
+/// How long a rendezvous or a collective may wait for the other ranks: `DDPM_DIST_TIMEOUT`
+/// seconds (default 1800: rank 0 samples the epoch's grid while the others wait).
+fn dist_timeout() -> Result<std::time::Duration> {
+    match std::env::var("DDPM_DIST_TIMEOUT") {
+        Err(_) => Ok(std::time::Duration::from_secs(1800)),
+        Ok(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| *s > 0.0 && s.is_finite())
+            .map(std::time::Duration::from_secs_f64)
+            .with_context(|| format!("DDPM_DIST_TIMEOUT={v:?}: expected seconds > 0")),
+    }
 }
 
 /// A one-line description of the network settings.

@@ -1,0 +1,372 @@
+//! Data-parallel training across processes on libtorch's own distributed engine (c10d): a
+//! TCPStore rendezvous, a gloo process group on the CPU or NCCL on GPUs, bucketed all-reduce,
+//! broadcast and barrier, through the small C++ shim in `csrc/dist.cpp`.
+//!
+//! Processes find each other the torchrun way, from `RANK`, `WORLD_SIZE`, `LOCAL_RANK`,
+//! `MASTER_ADDR` and `MASTER_PORT`; [`launch`] starts N local workers with those set
+//! (`ddpm train --nproc N`).
+
+use anyhow::{bail, Context, Result};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+use tch::Tensor;
+
+/// Largest flat buffer of one all-reduce or broadcast.
+const BUCKET_BYTES: i64 = 25 << 20;
+const ERR_LEN: usize = 1024;
+
+#[cfg(not(ddpm_no_dist))]
+mod ffi {
+    use std::ffi::{c_char, c_int, c_void};
+    use torch_sys::C_tensor;
+    extern "C" {
+        pub fn ddpm_dist_has_backend(backend: *const c_char) -> c_int;
+        pub fn ddpm_dist_new(
+            backend: *const c_char,
+            host: *const c_char,
+            port: c_int,
+            rank: c_int,
+            world: c_int,
+            timeout_ms: i64,
+            err: *mut c_char,
+            errlen: usize,
+        ) -> *mut c_void;
+        pub fn ddpm_dist_allreduce_mean(
+            g: *mut c_void,
+            ts: *const *const C_tensor,
+            n: c_int,
+            bucket_bytes: i64,
+            err: *mut c_char,
+            errlen: usize,
+        ) -> c_int;
+        pub fn ddpm_dist_broadcast(
+            g: *mut c_void,
+            ts: *const *const C_tensor,
+            n: c_int,
+            root: c_int,
+            bucket_bytes: i64,
+            err: *mut c_char,
+            errlen: usize,
+        ) -> c_int;
+        pub fn ddpm_dist_barrier(g: *mut c_void, err: *mut c_char, errlen: usize) -> c_int;
+        pub fn ddpm_dist_free(g: *mut c_void);
+    }
+}
+
+/// Where this process stands in a distributed run, from the torchrun environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DistEnv {
+    pub rank: usize,
+    pub world_size: usize,
+    pub local_rank: usize,
+    /// Workers on this machine (LOCAL_WORLD_SIZE; defaults to the world size).
+    pub local_world_size: usize,
+    pub master_addr: String,
+    pub master_port: u16,
+}
+
+impl DistEnv {
+    /// `None` when `WORLD_SIZE` is not set (a plain single-process run).
+    pub fn from_env() -> Result<Option<DistEnv>> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<DistEnv>> {
+        let Some(world) = get("WORLD_SIZE") else { return Ok(None) };
+        let num = |key: &str, default: Option<usize>| -> Result<usize> {
+            match get(key) {
+                Some(v) => v.trim().parse().map_err(|_| {
+                    anyhow::anyhow!("environment variable {key}={v:?} is not a number (torchrun-style launch)")
+                }),
+                None => default.with_context(|| format!("WORLD_SIZE is set but {key} is not (torchrun-style launch)")),
+            }
+        };
+        let world_size: usize = world
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&w| w >= 1)
+            .with_context(|| format!("environment variable WORLD_SIZE={world:?} is not a number >= 1"))?;
+        let rank = num("RANK", None)?;
+        if rank >= world_size {
+            bail!("RANK={rank} must be below WORLD_SIZE={world_size}");
+        }
+        let local_rank = num("LOCAL_RANK", Some(rank))?;
+        let local_world_size = num("LOCAL_WORLD_SIZE", Some(world_size))?;
+        let master_addr = get("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
+        let port = num("MASTER_PORT", Some(29500))?;
+        let master_port = u16::try_from(port)
+            .ok()
+            .filter(|&p| p > 0)
+            .with_context(|| format!("MASTER_PORT={port} is not a TCP port"))?;
+        Ok(Some(DistEnv { rank, world_size, local_rank, local_world_size, master_addr, master_port }))
+    }
+}
+
+/// The rank from the environment (0 when not distributed or not parseable), for logging set-up.
+pub fn env_rank() -> usize {
+    std::env::var("RANK").ok().and_then(|r| r.parse().ok()).unwrap_or(0)
+}
+
+/// Whether this build has the c10d shim (it needs gloo's headers, from libgloo-dev, at build
+/// time) and can make a process group for `backend`.
+pub fn has_backend(backend: &str) -> bool {
+    #[cfg(not(ddpm_no_dist))]
+    {
+        let b = CString::new(backend).unwrap_or_default();
+        unsafe { ffi::ddpm_dist_has_backend(b.as_ptr()) == 1 }
+    }
+    #[cfg(ddpm_no_dist)]
+    {
+        let _ = backend;
+        false
+    }
+}
+
+/// A process group: every collective is called by all ranks in the same order.
+pub struct ProcessGroup {
+    handle: *mut c_void,
+    pub rank: usize,
+    pub world_size: usize,
+    pub backend: String,
+}
+
+fn message(buf: &[c_char]) -> String {
+    unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
+}
+
+impl ProcessGroup {
+    /// Rendezvous at `env.master_addr:env.master_port` (rank 0 serves the store) and make a
+    /// `backend` ("gloo" or "nccl") group; `timeout` bounds the rendezvous and every collective.
+    pub fn new(env: &DistEnv, backend: &str, timeout: Duration) -> Result<ProcessGroup> {
+        #[cfg(ddpm_no_dist)]
+        {
+            let _ = timeout;
+            bail!(
+                "this ddpm was built without distributed training (gloo's headers were missing at build time: \
+                 install libgloo-dev, e.g. with scripts/setup.sh, then rebuild); cannot start rank {} of {} ({backend})",
+                env.rank,
+                env.world_size
+            );
+        }
+        #[cfg(not(ddpm_no_dist))]
+        {
+            let b = CString::new(backend)?;
+            let host = CString::new(env.master_addr.as_str())?;
+            let mut err = vec![0 as c_char; ERR_LEN];
+            let handle = unsafe {
+                ffi::ddpm_dist_new(
+                    b.as_ptr(),
+                    host.as_ptr(),
+                    env.master_port as c_int,
+                    env.rank as c_int,
+                    env.world_size as c_int,
+                    timeout.as_millis() as i64,
+                    err.as_mut_ptr(),
+                    ERR_LEN,
+                )
+            };
+            if handle.is_null() {
+                bail!(
+                    "rank {}: cannot join the {backend} process group of {} at {}:{}: {}",
+                    env.rank,
+                    env.world_size,
+                    env.master_addr,
+                    env.master_port,
+                    message(&err)
+                );
+            }
+            Ok(ProcessGroup { handle, rank: env.rank, world_size: env.world_size, backend: backend.to_string() })
+        }
+    }
+
+    fn check(&self, what: &str, rc: c_int, err: &[c_char]) -> Result<()> {
+        if rc != 0 {
+            bail!(
+                "rank {} of {}: {what} failed: {} (another worker probably stopped or died)",
+                self.rank,
+                self.world_size,
+                message(err)
+            );
+        }
+        Ok(())
+    }
+
+    /// Replaces each tensor by its mean over all ranks.
+    pub fn all_reduce_mean(&self, tensors: &[&Tensor]) -> Result<()> {
+        #[cfg(not(ddpm_no_dist))]
+        {
+            let ptrs: Vec<*const torch_sys::C_tensor> = tensors.iter().map(|t| t.as_ptr()).collect();
+            let mut err = vec![0 as c_char; ERR_LEN];
+            let rc = unsafe {
+                ffi::ddpm_dist_allreduce_mean(
+                    self.handle,
+                    ptrs.as_ptr(),
+                    ptrs.len() as c_int,
+                    BUCKET_BYTES,
+                    err.as_mut_ptr(),
+                    ERR_LEN,
+                )
+            };
+            self.check("all-reduce", rc, &err)
+        }
+        #[cfg(ddpm_no_dist)]
+        {
+            let _ = tensors;
+            bail!("built without distributed training")
+        }
+    }
+
+    /// Copies rank `root`'s tensors into everyone's.
+    pub fn broadcast(&self, tensors: &[&Tensor], root: usize) -> Result<()> {
+        #[cfg(not(ddpm_no_dist))]
+        {
+            let ptrs: Vec<*const torch_sys::C_tensor> = tensors.iter().map(|t| t.as_ptr()).collect();
+            let mut err = vec![0 as c_char; ERR_LEN];
+            let rc = unsafe {
+                ffi::ddpm_dist_broadcast(
+                    self.handle,
+                    ptrs.as_ptr(),
+                    ptrs.len() as c_int,
+                    root as c_int,
+                    BUCKET_BYTES,
+                    err.as_mut_ptr(),
+                    ERR_LEN,
+                )
+            };
+            self.check("broadcast", rc, &err)
+        }
+        #[cfg(ddpm_no_dist)]
+        {
+            let _ = (tensors, root);
+            bail!("built without distributed training")
+        }
+    }
+
+    /// Waits until every rank has called it.
+    pub fn barrier(&self) -> Result<()> {
+        #[cfg(not(ddpm_no_dist))]
+        {
+            let mut err = vec![0 as c_char; ERR_LEN];
+            let rc = unsafe { ffi::ddpm_dist_barrier(self.handle, err.as_mut_ptr(), ERR_LEN) };
+            self.check("barrier", rc, &err)
+        }
+        #[cfg(ddpm_no_dist)]
+        bail!("built without distributed training")
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        #[cfg(not(ddpm_no_dist))]
+        unsafe {
+            ffi::ddpm_dist_free(self.handle)
+        }
+    }
+}
+
+/// A free TCP port on the loopback interface (for `--nproc`'s rendezvous).
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free TCP port for the workers")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The command line of this process without `--nproc N` / `--nproc=N`.
+pub fn args_without_nproc(args: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut skip = false;
+    for a in args {
+        if skip {
+            skip = false;
+        } else if a == "--nproc" {
+            skip = true;
+        } else if !a.starts_with("--nproc=") {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
+/// `ddpm train --nproc N`: runs this same command as N local workers (ranks 0..N) on one
+/// rendezvous port and waits for them. When one fails, the others are given `grace` to stop
+/// on their own (they see the broken group) and are then killed; the error names the rank.
+pub fn launch(nproc: usize, grace: Duration) -> Result<()> {
+    if nproc == 0 {
+        bail!(crate::config::ConfigError("--nproc must be at least 1".into()));
+    }
+    let exe = std::env::current_exe().context("cannot find the ddpm executable to start the workers")?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = args_without_nproc(&args);
+    let port = free_port()?;
+    tracing::info!("starting {nproc} workers (rendezvous at 127.0.0.1:{port})");
+    crate::interrupt::install()?;
+    let mut children: Vec<(usize, Child)> = Vec::new();
+    for rank in 0..nproc {
+        let child = Command::new(&exe)
+            .args(&args)
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("WORLD_SIZE", nproc.to_string())
+            .env("LOCAL_WORLD_SIZE", nproc.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .spawn()
+            .with_context(|| format!("cannot start worker {rank} ({})", exe.display()));
+        match child {
+            Ok(c) => children.push((rank, c)),
+            Err(e) => {
+                kill_all(&mut children);
+                return Err(e);
+            }
+        }
+    }
+    let mut failed: Option<(usize, std::process::ExitStatus, Instant)> = None;
+    let mut forwarded = false;
+    loop {
+        let mut running = 0;
+        for (rank, child) in &mut children {
+            match child.try_wait()? {
+                Some(status) if !status.success() && failed.is_none() => failed = Some((*rank, status, Instant::now())),
+                Some(_) => {}
+                None => running += 1,
+            }
+        }
+        if running == 0 {
+            break;
+        }
+        // A SIGTERM to the launcher goes on to the workers (Ctrl-C reaches them from the
+        // terminal already).
+        if !forwarded && crate::interrupt::pending() == Some(crate::interrupt::EXIT_SIGTERM) {
+            forwarded = true;
+            for (_, child) in &children {
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            }
+        }
+        if let Some((_, _, at)) = failed {
+            if at.elapsed() > grace {
+                kill_all(&mut children);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    match failed {
+        None => Ok(()),
+        Some((rank, status, _)) => match status.code() {
+            Some(code @ (2 | 130 | 143)) => Err(crate::interrupt::Interrupted {
+                code: code as u8,
+                message: format!("worker {rank} of {nproc} exited with status {code} (its message is above)"),
+            }
+            .into()),
+            _ => bail!("worker {rank} of {nproc} failed ({status}); the others were stopped"),
+        },
+    }
+}
+
+fn kill_all(children: &mut [(usize, Child)]) {
+    for (_, c) in children.iter_mut() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
