@@ -7,9 +7,9 @@
 //!    libtorch's headers. gloo's own headers are not in the PyPI wheel: they come from
 //!    libgloo-dev (`GLOO_INCLUDE_DIR` overrides where to look). Without them ddpm is built
 //!    without distributed training (cfg `ddpm_no_dist`) and says so when asked for it. The NCCL
-//!    backend is compiled in when the CUDA runtime headers (crt/ included, which the nvcc
-//!    package ships) and NCCL headers of the wheel's nvidia-* packages are found
-//!    (`DDPM_NO_NCCL=1` skips it).
+//!    backend is compiled in when the CUDA runtime headers (with crt/ and nv/target, from
+//!    nvidia-cuda-crt and nvidia-cuda-cccl) and NCCL headers of the wheel's nvidia-* packages
+//!    are found beside torch (`DDPM_NO_NCCL=1` skips it).
 use std::path::{Path, PathBuf};
 
 fn main() {
@@ -25,6 +25,7 @@ fn main() {
     };
     let lib = PathBuf::from(lib);
     let gloo = std::env::var("GLOO_INCLUDE_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("/usr/include"));
+    println!("cargo:rerun-if-changed={}", gloo.join("gloo/algorithm.h").display());
     let include = lib.parent().map(|p| p.join("include")).unwrap_or_default();
     if gloo.join("gloo/algorithm.h").exists() && include.join("torch/csrc/distributed/c10d/TCPStore.hpp").exists() {
         compile_shim(&lib, &include, &gloo);
@@ -56,7 +57,7 @@ fn cuda_includes(lib: &Path) -> Option<Vec<PathBuf>> {
         .ok()?
         .filter_map(|e| e.ok())
         .map(|e| e.path().join("include"))
-        .find(|p| p.join("cuda_runtime_api.h").exists() && p.join("crt/host_config.h").exists())?;
+        .find(|p| ["cuda_runtime_api.h", "crt/host_config.h", "nv/target"].iter().all(|f| p.join(f).exists()))?;
     Some(vec![runtime, nccl])
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One idempotent set-up for a fresh machine: a project-local Python venv holding the
 # torch==2.13.0 wheel (its libtorch is what the `tch` crate links against), the
-# `.libtorch` link that `.cargo/config.toml` points LIBTORCH at, and, when asked,
+# `.libtorch` link that `.cargo/config.toml` points LIBTORCH at, gloo's headers (Debian's
+# libgloo-dev, for data-parallel training), and, when asked,
 # the MNIST / Fashion-MNIST files under data/.
 #
 #   scripts/setup.sh              libtorch only
@@ -37,11 +38,34 @@ if [ "$have" != "$TORCH_VERSION" ]; then
   log "installing torch==$TORCH_VERSION into .venv (about 4.8 GB, a minute or more)"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION" numpy safetensors
 fi
+# The CUDA runtime headers in the wheel's nvidia packages lack crt/ and nv/target, which
+# compiling against ProcessGroupNCCL.hpp (the NCCL backend of data-parallel training) needs;
+# nvidia-cuda-crt and nvidia-cuda-cccl of the same CUDA release have them (3 MB).
+cuda_rt="$(.venv/bin/python -c 'import importlib.metadata as m; print(".".join(m.version("nvidia-cuda-runtime").split(".")[:2]))' 2>/dev/null || true)"
+if [ -n "$cuda_rt" ] && ! .venv/bin/python -c 'import importlib.metadata as m; m.version("nvidia-cuda-crt"); m.version("nvidia-cuda-cccl")' 2>/dev/null; then
+  log "installing nvidia-cuda-crt and nvidia-cuda-cccl $cuda_rt.* (CUDA headers for the NCCL backend)"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps "nvidia-cuda-crt==$cuda_rt.*" "nvidia-cuda-cccl==$cuda_rt.*" ||
+    log "could not install the CUDA headers: ddpm will be built without the NCCL backend"
+fi
 site="$(.venv/bin/python -c 'import torch,os; print(os.path.dirname(torch.__file__))' 2>/dev/null)"
 [ -d "$site/include" ] && [ -d "$site/lib" ] || { log "torch at $site has no include/ and lib/"; exit 1; }
 ln -sfn "$site" .libtorch
 echo "$TORCH_VERSION" > .venv/torch-version
 log "libtorch $TORCH_VERSION at .libtorch -> $site"
+
+# --- gloo headers --------------------------------------------------------------------------
+# Data-parallel training compiles a small C++ shim against libtorch's c10d headers, which
+# include gloo's; the wheel lacks those, Debian's libgloo-dev has them. Without them ddpm
+# still builds, without data-parallel training.
+if [ ! -f "${GLOO_INCLUDE_DIR:-/usr/include}/gloo/algorithm.h" ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    log "installing libgloo-dev (gloo's headers, for data-parallel training)"
+    apt-get install -y -qq libgloo-dev >/dev/null 2>&1 ||
+      { apt-get update -qq && apt-get install -y -qq libgloo-dev >/dev/null; }
+  else
+    log "gloo's headers are missing: run 'sudo apt-get install libgloo-dev' for data-parallel training"
+  fi
+fi
 
 # --- datasets -------------------------------------------------------------------------------
 # The binary downloads missing files from the official mirrors itself; on machines that reach

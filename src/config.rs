@@ -238,7 +238,7 @@ impl Default for SampleConfig {
             padding: 0,
             sampler: "ddpm".into(),
             steps: 50,
-            eta: 0.0,
+            eta: 1.0,
             spacing: "uniform".into(),
             guidance: 2.0,
             ema: true,

@@ -465,6 +465,11 @@ impl Trainer<'_> {
                 tb.flush()?;
             }
             if main {
+                // The other workers wait meanwhile: let rank 0 use the machine's cores.
+                let threads = tch::get_num_threads();
+                if self.dist.is_some() && c.threads == 0 {
+                    tch::set_num_threads(std::thread::available_parallelism().map_or(1, |n| n.get()) as i32);
+                }
                 self.save(self.pos.batch == spe)?;
                 plot::save_loss_curve(&self.curve, &self.run_dir.join("loss.png"))?;
                 if c.train.grid_samples > 0 {
@@ -473,6 +478,7 @@ impl Trainer<'_> {
                 if c.train.eval_every > 0 && epoch % c.train.eval_every == 0 {
                     self.evaluate(epoch)?;
                 }
+                tch::set_num_threads(threads);
             }
             if self.pos.batch == spe {
                 self.pos = Position { epoch: epoch + 1, batch: 0, ..self.pos };
@@ -504,7 +510,7 @@ impl Trainer<'_> {
         let sc = crate::diffusion::sampler::SamplerConfig {
             sampler: crate::diffusion::sampler::Sampler::Ddim {
                 steps: 50,
-                eta: 0.0,
+                eta: c.sample.eta,
                 spacing: crate::diffusion::ddim::Spacing::Uniform,
             },
             opts: crate::diffusion::ddpm::SampleOptions { simple_var: c.sample.simple_var, clip_x0: c.sample.clip_x0 },
@@ -536,7 +542,7 @@ impl Trainer<'_> {
             s.label_fidelity.map_or(String::new(), |f| format!(", label fidelity {f:.3}"))
         );
         let row = serde_json::json!({
-            "step": self.pos.step, "epoch": epoch, "sampler": "ddim", "steps": 50, "n": n, "seed": c.seed,
+            "step": self.pos.step, "epoch": epoch, "sampler": "ddim", "steps": 50, "eta": c.sample.eta, "n": n, "seed": c.seed,
             "frechet_distance": s.frechet_distance, "frechet_distance_real": s.frechet_distance_real,
             "classifier_score": s.classifier_score, "classifier_score_real": s.classifier_score_real,
             "class_entropy": s.class_entropy, "class_entropy_real": s.class_entropy_real, "label_fidelity": s.label_fidelity,

@@ -192,3 +192,36 @@ fn too_many_processes_for_the_batch_is_an_error() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("train.batch_size = 1 is smaller than the 2 processes"), "{}", stderr(&o));
 }
+
+/// SIGTERM to `ddpm train --nproc 2` reaches both workers; they stop at the same step, rank 0
+/// saves `latest`, and the run resumes from it.
+#[test]
+fn sigterm_to_the_launcher_stops_the_workers_with_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_tiny_mnist(&d.join("data"), 32);
+    let cfg = tiny_config(d);
+    let child = Command::new(env!("CARGO_BIN_EXE_ddpm"))
+        .args(["train", "--config", cfg.to_str().unwrap(), "--epochs", "100000", "--nproc", "2"])
+        .args(["--set", "train.log_every=1", "--set", "train.grid_samples=0", "--set", "threads=1"])
+        .env_remove("RUST_BACKTRACE")
+        .current_dir(d)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let metrics = d.join("run/metrics.jsonl");
+    while std::fs::read_to_string(&metrics).map(|t| t.lines().count()).unwrap_or(0) < 3 {
+        assert!(start.elapsed() < Duration::from_secs(120), "training did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{e}");
+    assert!(e.contains("interrupted by SIGTERM") && e.contains("--resume"), "{e}");
+    let steps = std::fs::read_to_string(&metrics).unwrap().lines().count();
+    let ck = ddpm::checkpoint::Checkpoint::read(&d.join("run/checkpoints/latest.safetensors")).unwrap();
+    assert_eq!(ck.info.unwrap().step as usize, steps, "checkpoint at the last finished step");
+}

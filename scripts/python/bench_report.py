@@ -32,9 +32,17 @@ for name in ("eager", "channels_last", "compile"):
 rows.append(line)
 if rust.get("epoch_sec") and py.get("epoch_sec"):
     rows.append(f"| one MNIST epoch (s) | {rust['epoch_sec']:.1f} | {py['epoch_sec']:.1f} ({py['epoch_sec'] / rust['epoch_sec']:.2f}x, demo pipeline) | | |")
-rows.append(f"| 81 samples, DDPM-1000 (s) | {rust['sample_ddpm_sec']:.1f} | {v['eager']['sample_ddpm_sec']:.1f} (forwards only) | | |")
+line = f"| 81 samples, DDPM-1000 (s) | {rust['sample_ddpm_sec']:.1f} |"
+for name in ("eager", "channels_last", "compile"):
+    if name in v:
+        line += f" {v[name]['sample_ddpm_sec']:.1f} ({v[name]['sample_ddpm_sec'] / rust['sample_ddpm_sec']:.2f}x) |"
+    else:
+        line += " - |"
+rows.append(line)
 rows.append(f"| 81 samples, DDIM-50 (s) | {rust['sample_ddim50_sec']:.2f} | | | |")
-rows.append(f"| peak memory (MiB) | {rust['peak_rss_mib']:.0f} | {py['peak_rss_mib']:.0f} (whole script) | | |")
+if py.get("train_peak_rss_mib") and rust.get("train_peak_rss_mib"):
+    rows.append(f"| peak memory, MNIST training (MiB) | {rust['train_peak_rss_mib']:.0f} | {py['train_peak_rss_mib']:.0f} ({py['train_peak_rss_mib'] / rust['train_peak_rss_mib']:.2f}x less, demo pipeline) | | |")
+rows.append(f"| peak memory, whole benchmark (MiB) | {rust['peak_rss_mib']:.0f} | {py['peak_rss_mib']:.0f} (all variants) | | |")
 print(f"Threads: {rust['threads']}. Ratios are speed-ups of ddpm over each PyTorch variant.\n")
 print("| measure | ddpm | PyTorch eager | channels-last | torch.compile |")
 print("|---|---|---|---|---|")

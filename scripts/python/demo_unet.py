@@ -107,3 +107,15 @@ class DDPM:
     def sample_forward(self, x, t, eps):
         ab = self.alpha_bars[t].reshape(-1, 1, 1, 1)
         return eps * torch.sqrt(1 - ab) + torch.sqrt(ab) * x
+
+    def sample_backward_step(self, net, x_t, t, simple_var=True):
+        """One reverse step of the demo's sampler (t is a Python int)."""
+        n = x_t.shape[0]
+        eps = net(x_t, torch.full((n,), t, dtype=torch.long, device=x_t.device))
+        if t == 0:
+            noise = 0
+        else:
+            var = self.betas[t] if simple_var else (1 - self.alpha_bars[t - 1]) / (1 - self.alpha_bars[t]) * self.betas[t]
+            noise = torch.randn_like(x_t) * torch.sqrt(var)
+        mean = (x_t - (1 - self.alphas[t]) / torch.sqrt(1 - self.alpha_bars[t]) * eps) / torch.sqrt(self.alphas[t])
+        return mean + noise
