@@ -163,7 +163,7 @@ impl Default for Config {
             device: "auto".into(),
             seed: 0,
             threads: 0,
-            channels_last: false,
+            channels_last: true,
             dataset: DatasetConfig::default(),
             ddpm: DdpmConfig::default(),
             network: NetworkConfig::default(),

@@ -44,6 +44,8 @@ pub struct Loaded {
     pub info: ModelInfo,
     /// Whether the EMA weights were loaded.
     pub ema: bool,
+    /// Convolutions run in the channels-last memory format (weights and inputs).
+    pub channels_last: bool,
 }
 
 /// Loads a checkpoint onto `device`, preferring its EMA companion when `use_ema`; files
@@ -67,7 +69,10 @@ pub fn load_model(path: &Path, cfg: &Config, device: tch::Device, use_ema: bool)
         ckpt.load_into(&mut vs)?;
     }
     let ddpm = Ddpm::new(Schedule::linear(info.ddpm.n_steps, info.ddpm.min_beta, info.ddpm.max_beta), device);
-    Ok(Loaded { vs, net, ddpm, info, ema })
+    if cfg.channels_last {
+        model::vs_to_channels_last(&vs);
+    }
+    Ok(Loaded { vs, net, ddpm, info, ema, channels_last: cfg.channels_last })
 }
 
 /// The sampler settings of a configuration.
@@ -118,7 +123,10 @@ pub fn draw(
     let mut chunk_frames: Vec<Vec<Tensor>> = Vec::new();
     for i in 0..chunks {
         let b = batch.min(n - i * batch);
-        let noise = Tensor::randn([b, c, h, w], (Kind::Float, device));
+        let mut noise = Tensor::randn([b, c, h, w], (Kind::Float, device));
+        if loaded.channels_last {
+            noise = model::channels_last(&noise);
+        }
         let y = labels.map(|l| l.narrow(0, i * batch, b));
         let mut mine = vec![noise.to_device(tch::Device::Cpu)];
         let x = sampler::sample(loaded.net.as_ref(), &loaded.ddpm, noise, y.as_ref(), sc, |j, _, x| {

@@ -87,10 +87,14 @@ struct Trainer<'a> {
     stop: Option<u8>,
 }
 
-/// Builds the network described by `cfg` on `device` in a fresh store.
+/// Builds the network described by `cfg` on `device` in a fresh store (its convolution
+/// weights channels-last when so configured).
 fn build_net(cfg: &Config, shape: [i64; 3], device: Device) -> (nn::VarStore, Box<dyn Denoiser>) {
     let vs = nn::VarStore::new(device);
     let net = model::build(&vs, &cfg.network, shape, cfg.ddpm.n_steps);
+    if cfg.channels_last {
+        model::vs_to_channels_last(&vs);
+    }
     (vs, net)
 }
 
@@ -109,6 +113,15 @@ impl Trainer<'_> {
                 let start = r * len / w;
                 (start, (r + 1) * len / w - start)
             }
+        }
+    }
+
+    /// `x` in the configured memory format (channels-last or not).
+    fn format(&self, x: Tensor) -> Tensor {
+        if self.cfg.channels_last {
+            model::channels_last(&x)
+        } else {
+            x
         }
     }
 
@@ -135,12 +148,18 @@ impl Trainer<'_> {
         let [ch, h, w] = self.shape;
         tch::manual_seed(derived_seed(c.seed, SEED_STEP, self.pos.step));
         let mut x0 = self.dataset.batch(&idx, self.device);
+        if c.channels_last {
+            x0 = model::channels_last(&x0);
+        }
         if c.train.hflip {
             let flip = Tensor::rand([full, 1, 1, 1], (Kind::Float, self.device)).narrow(0, lo, len).lt(0.5);
             x0 = x0.flip([3]).where_self(&flip, &x0);
         }
         let t = Tensor::randint(c.ddpm.n_steps, [full], (Kind::Int64, self.device)).narrow(0, lo, len);
-        let noise = Tensor::randn([full, ch, h, w], (Kind::Float, self.device)).narrow(0, lo, len);
+        let mut noise = Tensor::randn([full, ch, h, w], (Kind::Float, self.device)).narrow(0, lo, len);
+        if c.channels_last {
+            noise = model::channels_last(&noise);
+        }
         let labels = (self.net.num_classes() > 0).then(|| {
             let y = self.dataset.labels.index_select(0, &idx).to_device(self.device);
             // Label dropout to the null class (index num_classes) for classifier-free guidance.
@@ -521,7 +540,8 @@ impl Trainer<'_> {
         let bs = c.sample.batch_size;
         for i in 0..(n + bs - 1) / bs {
             let b = bs.min(n - i * bs);
-            let noise = Tensor::randn([b, self.shape[0], self.shape[1], self.shape[2]], (Kind::Float, self.device));
+            let noise = self
+                .format(Tensor::randn([b, self.shape[0], self.shape[1], self.shape[2]], (Kind::Float, self.device)));
             let y = labels.as_ref().map(|l| l.narrow(0, i * bs, b));
             parts.push(crate::diffusion::sampler::sample(
                 self.sampling_net(),
@@ -577,7 +597,8 @@ impl Trainer<'_> {
         let mut sc = crate::sample::sampler_config(c)?;
         sc.guidance = if classes > 0 { c.sample.guidance } else { 1.0 };
         tch::manual_seed(c.seed as i64);
-        let noise = Tensor::randn([n, self.shape[0], self.shape[1], self.shape[2]], (Kind::Float, self.device));
+        let noise =
+            self.format(Tensor::randn([n, self.shape[0], self.shape[1], self.shape[2]], (Kind::Float, self.device)));
         let xs = crate::diffusion::sampler::sample(
             self.sampling_net(),
             &self.ddpm,

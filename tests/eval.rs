@@ -12,6 +12,7 @@ fn t(v: &[f64], shape: &[i64]) -> Tensor {
 
 #[test]
 fn frechet_distance_of_a_set_with_itself_is_zero_and_it_is_symmetric() {
+    let _rng = common::rng_lock();
     tch::manual_seed(0);
     let a = Tensor::randn([500, 8], (Kind::Double, Device::Cpu));
     let b = Tensor::randn([500, 8], (Kind::Double, Device::Cpu)) * 1.5 + 0.3;

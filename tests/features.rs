@@ -1,6 +1,8 @@
 //! Beyond the demo: Adam on tensors (checked against libtorch's), the EMA update, DDIM, and
 //! classifier-free guidance.
 
+mod common;
+
 use ddpm::config::NetworkConfig;
 use ddpm::diffusion::ddim::{self, Spacing};
 use ddpm::diffusion::ddpm::SampleOptions;
@@ -24,6 +26,7 @@ fn max_diff(a: &nn::VarStore, b: &nn::VarStore) -> f64 {
 
 #[test]
 fn adam_matches_libtorch_adam_and_adamw() {
+    let _rng = common::rng_lock();
     for (decoupled, wd) in [(false, 0.0), (false, 0.01), (true, 0.05)] {
         tch::manual_seed(0);
         let vs_a = nn::VarStore::new(Device::Cpu);
@@ -51,6 +54,7 @@ fn adam_matches_libtorch_adam_and_adamw() {
 
 #[test]
 fn adam_state_round_trip_continues_identically() {
+    let _rng = common::rng_lock();
     tch::manual_seed(1);
     let vs = nn::VarStore::new(Device::Cpu);
     let net = small_net(&vs, 0);
@@ -105,6 +109,7 @@ fn ema_update_exact_numbers_with_warm_up() {
 
 #[test]
 fn ddim_with_eta_one_over_all_steps_equals_the_ddpm_fixed_small_step() {
+    let _rng = common::rng_lock();
     let ddpm = Ddpm::new(Schedule::linear(1000, 1e-4, 0.02), Device::Cpu);
     tch::manual_seed(2);
     let x = Tensor::randn([3, 1, 4, 4], (Kind::Float, Device::Cpu));
@@ -135,6 +140,7 @@ fn ddim_timesteps() {
 
 #[test]
 fn ddim_eta_zero_is_deterministic_given_the_noise() {
+    let _rng = common::rng_lock();
     tch::manual_seed(3);
     let vs = nn::VarStore::new(Device::Cpu);
     let net = small_net(&vs, 0);
@@ -162,6 +168,7 @@ fn ddim_eta_zero_is_deterministic_given_the_noise() {
 
 #[test]
 fn guidance_zero_is_unconditional_and_one_is_conditional() {
+    let _rng = common::rng_lock();
     tch::manual_seed(4);
     let vs = nn::VarStore::new(Device::Cpu);
     let net = small_net(&vs, 2);

@@ -66,6 +66,7 @@ fn parameter_names_shapes_and_counts_equal_the_demo_state_dict() {
 
 #[test]
 fn unet_output_shapes() {
+    let _rng = common::rng_lock();
     tch::manual_seed(0);
     for shape in [[1, 28, 28], [3, 32, 32]] {
         let vs = nn::VarStore::new(Device::Cpu);
@@ -115,6 +116,7 @@ fn schedule_golden_numbers() {
 
 #[test]
 fn add_noise_has_the_right_mean_and_variance() {
+    let _rng = common::rng_lock();
     tch::manual_seed(1);
     let ddpm = Ddpm::new(Schedule::linear(1000, 1e-4, 0.02), Device::Cpu);
     let n = 20000;
@@ -175,6 +177,7 @@ fn reverse_step_matches_the_closed_form() {
 
 #[test]
 fn a_small_model_overfits_a_fixed_batch() {
+    let _rng = common::rng_lock();
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = NetworkConfig { channels: vec![8, 16], pe_dim: 16, residual: true, ..Default::default() };
@@ -198,6 +201,7 @@ fn a_small_model_overfits_a_fixed_batch() {
 
 #[test]
 fn checkpoint_round_trip_gives_identical_output_and_metadata() {
+    let _rng = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ck.safetensors");
     tch::manual_seed(5);

@@ -22,6 +22,7 @@ fn params(cfg: &NetworkConfig, shape: [i64; 3]) -> i64 {
 
 #[test]
 fn the_paper_configuration_has_the_papers_size() {
+    let _rng = common::rng_lock();
     let cfg = preset("cifar10-ddpm-paper.yml");
     let n = params(&cfg.network, [3, 32, 32]);
     println!("cifar10-ddpm-paper: {n} trainable parameters");
@@ -50,6 +51,7 @@ fn small_unet(classes: i64) -> NetworkConfig {
 
 #[test]
 fn output_shapes_for_28_and_32_pixel_images() {
+    let _rng = common::rng_lock();
     tch::manual_seed(0);
     for (shape, classes) in [([1, 28, 28], 0), ([3, 32, 32], 10)] {
         let vs = nn::VarStore::new(Device::Cpu);
@@ -63,6 +65,7 @@ fn output_shapes_for_28_and_32_pixel_images() {
 
 #[test]
 fn attention_is_equivariant_to_permuted_positions() {
+    let _rng = common::rng_lock();
     tch::manual_seed(1);
     let vs = nn::VarStore::new(Device::Cpu);
     let attn = AttnBlock::new(&vs.root(), 16, 4);
@@ -106,6 +109,7 @@ fn write_cifar(root: &Path, n: usize) {
 
 #[test]
 fn a_small_unet_overfits_8_cifar_images() {
+    let _rng = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     write_cifar(dir.path(), 8);
     let ds = ddpm::data::cifar::read_split(&dir.path().join("cifar-10-batches-bin"), ddpm::data::Split::Test).unwrap();

@@ -98,3 +98,10 @@ pub fn venv_python() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
     p.exists().then_some(p)
 }
+
+/// libtorch's random generator is global to the test binary: tests that seed it and draw from
+/// it in-process hold this lock, so a parallel test cannot shift their draws.
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
