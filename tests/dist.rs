@@ -10,20 +10,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
-    tch::Tensor::read_safetensors(path)
-        .unwrap()
-        .into_iter()
-        .map(|(k, t)| (k, Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap()))
-        .collect()
-}
-
-fn losses(run: &Path) -> Vec<f64> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
-        .collect()
+fn loss_values(run: &Path) -> Vec<f64> {
+    losses(run).into_iter().map(|(_, l)| l).collect()
 }
 
 /// Largest absolute difference between two checkpoints with the same tensors.
@@ -77,7 +65,7 @@ fn n_processes_take_the_steps_of_one() {
             let diff = max_diff(&ck(&one, f), &ck(rd, f));
             assert!(diff < 2e-4, "{f}: {rd:?} differs from the single process by {diff}");
         }
-        let (la, lb) = (losses(&one), losses(rd));
+        let (la, lb) = (loss_values(&one), loss_values(rd));
         assert_eq!(la.len(), 5);
         assert_eq!(la.len(), lb.len());
         for (x, y) in la.iter().zip(&lb) {
@@ -141,12 +129,7 @@ fn a_killed_worker_stops_the_others() {
     };
     let r0 = spawn(0);
     let mut r1 = spawn(1);
-    let start = Instant::now();
-    let metrics = d.join("run/metrics.jsonl");
-    while std::fs::read_to_string(&metrics).map(|t| t.lines().count()).unwrap_or(0) < 3 {
-        assert!(start.elapsed() < Duration::from_secs(120), "training did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_steps(&d.join("run"), 3);
     r1.kill().unwrap();
     let _ = r1.wait();
     let killed = Instant::now();
@@ -210,12 +193,8 @@ fn sigterm_to_the_launcher_stops_the_workers_with_a_checkpoint() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let start = Instant::now();
+    wait_for_steps(&d.join("run"), 3);
     let metrics = d.join("run/metrics.jsonl");
-    while std::fs::read_to_string(&metrics).map(|t| t.lines().count()).unwrap_or(0) < 3 {
-        assert!(start.elapsed() < Duration::from_secs(120), "training did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     let out = child.wait_with_output().unwrap();
     let e = String::from_utf8_lossy(&out.stderr);

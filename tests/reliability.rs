@@ -4,29 +4,9 @@
 mod common;
 
 use common::*;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn losses(run: &Path) -> Vec<(i64, f64)> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["step"].as_i64().unwrap(), v["loss"].as_f64().unwrap())
-        })
-        .collect()
-}
-
-fn tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
-    tch::Tensor::read_safetensors(path)
-        .unwrap()
-        .into_iter()
-        .map(|(k, t)| (k, Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap()))
-        .collect()
-}
 
 /// A run stopped mid-epoch and resumed gives the same losses and weights as one that never
 /// stopped.
@@ -123,14 +103,6 @@ fn spawn_training(d: &Path, cfg: &Path) -> std::process::Child {
         .stdout(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-fn wait_for_steps(run: &Path, n: usize) {
-    let start = Instant::now();
-    while std::fs::read_to_string(run.join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0) < n {
-        assert!(start.elapsed() < Duration::from_secs(120), "training did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn signal(pid: u32, sig: &str) {

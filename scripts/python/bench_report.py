@@ -23,22 +23,21 @@ for batch in (128, 512):
         else:
             line += " - |"
     rows.append(line)
-line = f"| forward, batch 81 (ms) | {rust['forward81_sec'] * 1e3:.1f} |"
-for name in ("eager", "channels_last", "compile"):
-    if name in v:
-        line += f" {v[name]['forward81_sec'] * 1e3:.1f} ({v[name]['forward81_sec'] / rust['forward81_sec']:.2f}x) |"
-    else:
-        line += " - |"
-rows.append(line)
+
+
+def time_row(label, key, scale=1.0, digits=1):
+    """A row of times (lower is better): ddpm's, then each variant's with ddpm's speed-up."""
+    line = f"| {label} | {rust[key] * scale:.{digits}f} |"
+    for name in ("eager", "channels_last", "compile"):
+        theirs = v.get(name, {}).get(key)
+        line += f" {theirs * scale:.{digits}f} ({theirs / rust[key]:.2f}x) |" if theirs else " - |"
+    return line
+
+
+rows.append(time_row("forward, batch 81 (ms)", "forward81_sec", 1e3))
 if rust.get("epoch_sec") and py.get("epoch_sec"):
     rows.append(f"| one MNIST epoch (s) | {rust['epoch_sec']:.1f} | {py['epoch_sec']:.1f} ({py['epoch_sec'] / rust['epoch_sec']:.2f}x, demo pipeline) | | |")
-line = f"| 81 samples, DDPM-1000 (s) | {rust['sample_ddpm_sec']:.1f} |"
-for name in ("eager", "channels_last", "compile"):
-    if name in v:
-        line += f" {v[name]['sample_ddpm_sec']:.1f} ({v[name]['sample_ddpm_sec'] / rust['sample_ddpm_sec']:.2f}x) |"
-    else:
-        line += " - |"
-rows.append(line)
+rows.append(time_row("81 samples, DDPM-1000 (s)", "sample_ddpm_sec"))
 rows.append(f"| 81 samples, DDIM-50 (s) | {rust['sample_ddim50_sec']:.2f} | | | |")
 if py.get("train_peak_rss_mib") and rust.get("train_peak_rss_mib"):
     rows.append(f"| peak memory, MNIST training (MiB) | {rust['train_peak_rss_mib']:.0f} | {py['train_peak_rss_mib']:.0f} ({py['train_peak_rss_mib'] / rust['train_peak_rss_mib']:.2f}x less, demo pipeline) | | |")

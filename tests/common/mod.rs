@@ -2,9 +2,11 @@
 //! and running the real binary.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 /// IDX image file bytes for `n` images of `rows x cols` from `pixel(i, y, x)`.
 pub fn idx_images(n: usize, rows: usize, cols: usize, pixel: impl Fn(usize, usize, usize) -> u8) -> Vec<u8> {
@@ -104,4 +106,34 @@ pub fn venv_python() -> Option<PathBuf> {
 pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
     static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
     RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `(step, loss)` of every line of a run's metrics.jsonl.
+pub fn losses(run: &Path) -> Vec<(i64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_i64().unwrap(), v["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+/// Every tensor of a safetensors file, flattened to f32.
+pub fn tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
+    tch::Tensor::read_safetensors(path)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap()))
+        .collect()
+}
+
+/// Waits (at most 2 minutes) until a run's metrics.jsonl has `n` lines.
+pub fn wait_for_steps(run: &Path, n: usize) {
+    let start = Instant::now();
+    while std::fs::read_to_string(run.join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0) < n {
+        assert!(start.elapsed() < Duration::from_secs(120), "training did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
