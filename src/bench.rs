@@ -20,6 +20,8 @@ use tch::{nn, Device, Kind, Reduction, Tensor};
 pub struct BenchResult {
     pub device: String,
     pub threads: i32,
+    /// Compute streams of the training step (see `streams` in options.yml).
+    pub streams: usize,
     pub network: String,
     pub image_shape: [i64; 3],
     /// `(batch, seconds per step, images per second)`.
@@ -78,29 +80,45 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
     }
     let ddpm = Ddpm::new(Schedule::linear(cfg.ddpm.n_steps, cfg.ddpm.min_beta, cfg.ddpm.max_beta), device);
     let mut opt = Adam::new(&vs, cfg.train.lr, AdamConfig::default());
-    let mut step = |x0: &Tensor| {
+    // The training step of `ddpm train`, two compute streams included when configured.
+    let streams = match crate::streams::wanted(cfg, device, false) {
+        2 => Some(crate::streams::Streams::new(cfg, shape, &vs)?),
+        _ => None,
+    };
+    let params: Vec<Tensor> = crate::streams::trainable_sorted(&vs).into_iter().map(|(_, t)| t).collect();
+    let mut step = |x0: &Tensor| -> Result<Tensor> {
         let n = x0.size()[0];
         let t = Tensor::randint(cfg.ddpm.n_steps, [n], (Kind::Int64, device));
         let noise = x0.randn_like();
-        let loss = net.forward(&ddpm.add_noise(x0, &noise, &t), &t, None).mse_loss(&noise, Reduction::Mean);
-        opt.backward_step(&loss);
-        loss
+        let x_t = ddpm.add_noise(x0, &noise, &t);
+        match &streams {
+            Some(s) => {
+                opt.zero_grad();
+                let loss = s.forward_backward(net.as_ref(), &params, &x_t, &t, None, &noise)?;
+                opt.step();
+                Ok(loss)
+            }
+            None => {
+                let loss = net.forward(&x_t, &t, None).mse_loss(&noise, Reduction::Mean);
+                opt.backward_step(&loss);
+                Ok(loss)
+            }
+        }
     };
 
     let mut train = Vec::new();
     for &batch in batches {
         let x0 = fmt(Tensor::rand([batch, c, h, w], (Kind::Float, device)) * 2.0 - 1.0);
         for _ in 0..2 {
-            let _ = step(&x0);
+            let _ = step(&x0)?;
         }
         sync(device);
-        let times: Vec<f64> = (0..repeats)
-            .map(|_| {
-                let t0 = Instant::now();
-                let _ = step(&x0).double_value(&[]);
-                t0.elapsed().as_secs_f64()
-            })
-            .collect();
+        let mut times = Vec::new();
+        for _ in 0..repeats {
+            let t0 = Instant::now();
+            let _ = step(&x0)?.double_value(&[]);
+            times.push(t0.elapsed().as_secs_f64());
+        }
         let s = median(times);
         tracing::info!("train step at batch {batch}: {:.3} s, {:.0} images/s", s, batch as f64 / s);
         train.push((batch, s, batch as f64 / s));
@@ -117,7 +135,7 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
                 let mut last = Tensor::zeros([], (Kind::Float, device));
                 for b in 0..steps {
                     let idx = perm.narrow(0, b * bs, bs.min(n - b * bs));
-                    last = step(&fmt(ds.batch(&idx, device)));
+                    last = step(&fmt(ds.batch(&idx, device)))?;
                 }
                 let _ = last.double_value(&[]);
                 let per_step = t0.elapsed().as_secs_f64() / steps as f64;
@@ -138,6 +156,7 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
     let mut result = BenchResult {
         device: device::describe(device),
         threads: tch::get_num_threads(),
+        streams: if streams.is_some() { 2 } else { 1 },
         network: crate::train::describe_network(&cfg.network),
         image_shape: shape,
         train,
@@ -205,8 +224,10 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
 
 /// The result as a Markdown table.
 pub fn table(r: &BenchResult) -> String {
-    let mut s =
-        format!("ddpm bench: {} on {}, {:?}\n\n| measure | value |\n|---|---|\n", r.network, r.device, r.image_shape);
+    let mut s = format!(
+        "ddpm bench: {} on {} ({} threads, {} training streams), {:?}\n\n| measure | value |\n|---|---|\n",
+        r.network, r.device, r.threads, r.streams, r.image_shape
+    );
     for (b, sec, ips) in &r.train {
         s += &format!("| train step, batch {b} | {sec:.3} s ({ips:.0} images/s) |\n");
     }

@@ -30,6 +30,9 @@ pub struct Config {
     pub threads: usize,
     /// Convolutions in the channels-last memory format (NHWC strides).
     pub channels_last: bool,
+    /// CPU training in this many compute streams (1 or 2; 0 = 2 on a CPU with two or more
+    /// threads, unless the network uses dropout or the run is data-parallel).
+    pub streams: usize,
     pub dataset: DatasetConfig,
     pub ddpm: DdpmConfig,
     pub network: NetworkConfig,
@@ -164,6 +167,7 @@ impl Default for Config {
             seed: 0,
             threads: 0,
             channels_last: true,
+            streams: 0,
             dataset: DatasetConfig::default(),
             ddpm: DdpmConfig::default(),
             network: NetworkConfig::default(),
@@ -339,6 +343,7 @@ impl Config {
                 self.dataset.name
             ));
         }
+        range(self.streams <= 2, "streams", self.streams, "0 (automatic), 1 or 2")?;
         let d = &self.ddpm;
         range(d.n_steps >= 1, "ddpm.n_steps", d.n_steps, "n_steps >= 1")?;
         let betas_ok = d.min_beta > 0.0 && d.min_beta < d.max_beta && d.max_beta < 1.0;

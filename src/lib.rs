@@ -25,5 +25,6 @@ pub mod plot;
 pub mod process;
 pub mod run_dir;
 pub mod sample;
+pub mod streams;
 pub mod tensorboard;
 pub mod train;

@@ -85,6 +85,8 @@ struct Trainer<'a> {
     dist: Option<ProcessGroup>,
     /// A stop agreed by all ranks at the last step (data-parallel runs).
     stop: Option<u8>,
+    /// The second compute stream and the trainable variables it adds gradients to.
+    streams: Option<(crate::streams::Streams, Vec<Tensor>)>,
 }
 
 /// Builds the network described by `cfg` on `device` in a fresh store (its convolution
@@ -170,6 +172,12 @@ impl Trainer<'_> {
         if c.train.warmup_steps > 0 {
             self.opt.lr = c.train.lr * ((self.pos.step + 1) as f64 / c.train.warmup_steps as f64).min(1.0);
         }
+        if let Some((streams, params)) = &self.streams {
+            // Two streams: this thread and the worker each take half of the batch.
+            self.opt.zero_grad();
+            let loss = streams.forward_backward(self.net.as_ref(), params, &x_t, &t, labels.as_ref(), &noise)?;
+            return self.finish_step(loss);
+        }
         self.net.set_training(true);
         let autocast = self.bf16 && self.device.is_cuda();
         let loss = tch::autocast(autocast, || {
@@ -206,8 +214,13 @@ impl Trainer<'_> {
                     Some(code.unwrap_or(if f >= 999.5 { interrupt::EXIT_SIGTERM } else { interrupt::EXIT_SIGINT }));
             }
         }
-        if c.train.grad_clip > 0.0 {
-            self.opt.clip_grad_norm(c.train.grad_clip);
+        self.finish_step(loss)
+    }
+
+    /// Clipping, the optimizer step and the EMA update after the gradients are in place.
+    fn finish_step(&mut self, loss: Tensor) -> Result<Tensor> {
+        if self.cfg.train.grad_clip > 0.0 {
+            self.opt.clip_grad_norm(self.cfg.train.grad_clip);
         }
         self.opt.step();
         if let Some((ema, _)) = &mut self.ema {
@@ -754,7 +767,16 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<TrainSummary> {
         evaluator: None,
         dist,
         stop: None,
+        streams: None,
     };
+    if crate::streams::wanted(cfg, device, trainer.dist.is_some()) == 2 {
+        let params = crate::streams::trainable_sorted(&trainer.vs).into_iter().map(|(_, t)| t).collect();
+        trainer.streams = Some((crate::streams::Streams::new(cfg, shape, &trainer.vs)?, params));
+        tracing::info!(
+            "two compute streams of {} threads each (streams: 1 switches them off)",
+            (tch::get_num_threads() / 2).max(1)
+        );
+    }
     if cfg.train.eval_every > 0 && main {
         let test = data::load(&cfg.dataset, Split::Test)?;
         let clf = crate::eval::classifier_for(cfg, &trainer.dataset, &test, device)?;

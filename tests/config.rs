@@ -91,6 +91,7 @@ fn out_of_range_values_name_key_value_and_rule() {
         ("network:\n  pe_dim: 7\n", "network.pe_dim = 7", "even"),
         ("network:\n  pe_dim: 0\n", "network.pe_dim = 0", "even number > 0"),
         ("network:\n  channels: [1, 2, 3, 4, 5, 6]\n", "network.channels", "halvings"),
+        ("streams: 3\n", "streams = 3", "0 (automatic), 1 or 2"),
         ("train:\n  batch_size: 0\n", "train.batch_size = 0", "batch_size >= 1"),
         ("train:\n  n_epochs: 0\n", "train.n_epochs = 0", "n_epochs >= 1"),
         ("train:\n  lr: 0\n", "train.lr = 0", "lr > 0"),

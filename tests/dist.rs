@@ -31,8 +31,9 @@ fn max_diff(a: &Path, b: &Path) -> f32 {
 }
 
 /// The same run with one process and with `--nproc 2` and `--nproc 3` (a batch of 16 splits
-/// 8+8 and 5+5+6; 40 images make a short last batch of 8): the weights, the EMA, the Adam
-/// moments and the logged losses agree to float tolerance, and the weights moved.
+/// 8+8 and 5+5+6; 40 images make a short last batch of 8), and with two compute streams in one
+/// process: the weights, the EMA, the Adam moments and the logged losses agree to float
+/// tolerance, and the weights moved.
 #[test]
 fn n_processes_take_the_steps_of_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -53,6 +54,9 @@ fn n_processes_take_the_steps_of_one() {
     let (two, log2) = run("two", &["--nproc", "2"]);
     assert!(log2.contains("data-parallel: 2 processes (gloo"), "{log2}");
     let (three, _) = run("three", &["--nproc", "3"]);
+    // Two compute streams in one process take the same steps too.
+    let (streams, log) = run("streams", &["--set", "streams=2"]);
+    assert!(log.contains("two compute streams"), "{log}");
     let ck = |rd: &Path, f: &str| rd.join("checkpoints").join(f);
     let init = {
         // The initial weights (lr 1e-30), to check that the 5 steps changed them.
@@ -60,7 +64,7 @@ fn n_processes_take_the_steps_of_one() {
         ck(&zero, "latest.safetensors")
     };
     assert!(max_diff(&ck(&one, "latest.safetensors"), &init) > 1e-3, "training did not move the weights");
-    for rd in [&two, &three] {
+    for rd in [&two, &three, &streams] {
         for f in ["latest.safetensors", "latest.ema.safetensors", "latest.state.safetensors"] {
             let diff = max_diff(&ck(&one, f), &ck(rd, f));
             assert!(diff < 2e-4, "{f}: {rd:?} differs from the single process by {diff}");

@@ -42,7 +42,7 @@ rows.append(f"| 81 samples, DDIM-50 (s) | {rust['sample_ddim50_sec']:.2f} | | | 
 if py.get("train_peak_rss_mib") and rust.get("train_peak_rss_mib"):
     rows.append(f"| peak memory, MNIST training (MiB) | {rust['train_peak_rss_mib']:.0f} | {py['train_peak_rss_mib']:.0f} ({py['train_peak_rss_mib'] / rust['train_peak_rss_mib']:.2f}x less, demo pipeline) | | |")
 rows.append(f"| peak memory, whole benchmark (MiB) | {rust['peak_rss_mib']:.0f} | {py['peak_rss_mib']:.0f} (all variants) | | |")
-print(f"Threads: {rust['threads']}. Ratios are speed-ups of ddpm over each PyTorch variant.\n")
+print(f"Threads: {rust['threads']} (ddpm's training step in {rust.get('streams', 1)} stream(s)). Ratios are speed-ups of ddpm over each PyTorch variant.\n")
 print("| measure | ddpm | PyTorch eager | channels-last | torch.compile |")
 print("|---|---|---|---|---|")
 print("\n".join(rows))
