@@ -61,7 +61,8 @@ if [ ! -f "${GLOO_INCLUDE_DIR:-/usr/include}/gloo/algorithm.h" ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     log "installing libgloo-dev (gloo's headers, for data-parallel training)"
     apt-get install -y -qq libgloo-dev >/dev/null 2>&1 ||
-      { apt-get update -qq && apt-get install -y -qq libgloo-dev >/dev/null; }
+      { apt-get update -qq && apt-get install -y -qq libgloo-dev >/dev/null; } ||
+      log "could not install libgloo-dev: ddpm will be built without data-parallel training"
   else
     log "gloo's headers are missing: run 'sudo apt-get install libgloo-dev' for data-parallel training"
   fi
