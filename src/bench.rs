@@ -85,7 +85,7 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
         2 => Some(crate::streams::Streams::new(cfg, shape, &vs)?),
         _ => None,
     };
-    let params: Vec<Tensor> = crate::streams::trainable_sorted(&vs).into_iter().map(|(_, t)| t).collect();
+    let params: Vec<Tensor> = crate::model::trainable_sorted(&vs).into_iter().map(|(_, t)| t).collect();
     let mut step = |x0: &Tensor| -> Result<Tensor> {
         let n = x0.size()[0];
         let t = Tensor::randint(cfg.ddpm.n_steps, [n], (Kind::Int64, device));

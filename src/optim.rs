@@ -35,13 +35,7 @@ pub struct Adam {
 
 impl Adam {
     pub fn new(vs: &nn::VarStore, lr: f64, cfg: AdamConfig) -> Self {
-        let trainable = vs.trainable_variables();
-        let mut params: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| trainable.iter().any(|x| x.data_ptr() == t.data_ptr()))
-            .collect();
-        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let params = crate::model::trainable_sorted(vs);
         let exp_avg = params.iter().map(|(_, p)| p.zeros_like()).collect();
         let exp_avg_sq = params.iter().map(|(_, p)| p.zeros_like()).collect();
         Self { cfg, lr, step: 0, params, exp_avg, exp_avg_sq }

@@ -32,15 +32,6 @@ pub struct Streams {
     threads: i32,
 }
 
-/// The trainable variables of a store in name order (the order `Adam` keeps).
-pub fn trainable_sorted(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
-    let trainable = vs.trainable_variables();
-    let mut v: Vec<(String, Tensor)> =
-        vs.variables().into_iter().filter(|(_, t)| trainable.iter().any(|x| x.data_ptr() == t.data_ptr())).collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
 /// How many streams `cfg` asks for on `device` (`streams: 0` = two on a CPU with at least
 /// two threads when nothing in the network draws random numbers, else one).
 pub fn wanted(cfg: &Config, device: Device, distributed: bool) -> usize {
@@ -85,7 +76,7 @@ impl Streams {
                     }
                 }
             }
-            let params: Vec<Tensor> = trainable_sorted(&replica).into_iter().map(|(_, t)| t).collect();
+            let params: Vec<Tensor> = model::trainable_sorted(&replica).into_iter().map(|(_, t)| t).collect();
             let _ = ready_tx.send(Ok(()));
             for job in job_rx {
                 for p in &params {

@@ -202,7 +202,7 @@ impl Trainer<'_> {
                 Some(_) => 1000.0,
             })
             .to_device(self.device);
-            loss = &scaled.detach() * 1.0;
+            loss = scaled.detach().copy();
             let grads = self.opt.grads();
             let mut all: Vec<&Tensor> = grads.iter().collect();
             all.push(&loss);
@@ -770,7 +770,7 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<TrainSummary> {
         streams: None,
     };
     if crate::streams::wanted(cfg, device, trainer.dist.is_some()) == 2 {
-        let params = crate::streams::trainable_sorted(&trainer.vs).into_iter().map(|(_, t)| t).collect();
+        let params = crate::model::trainable_sorted(&trainer.vs).into_iter().map(|(_, t)| t).collect();
         trainer.streams = Some((crate::streams::Streams::new(cfg, shape, &trainer.vs)?, params));
         tracing::info!(
             "two compute streams of {} threads each (streams: 1 switches them off)",

@@ -208,3 +208,29 @@ fn sigterm_to_the_launcher_stops_the_workers_with_a_checkpoint() {
     let ck = ddpm::checkpoint::Checkpoint::read(&d.join("run/checkpoints/latest.safetensors")).unwrap();
     assert_eq!(ck.info.unwrap().step as usize, steps, "checkpoint at the last finished step");
 }
+
+/// Bad values of the data-parallel environment knobs are one-line errors naming the variable.
+#[test]
+fn bad_dist_environment_values_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_tiny_mnist(&d.join("data"), 16);
+    let cfg = tiny_config(d);
+    for (key, value, code, want) in [
+        ("DDPM_DIST_BACKEND", "mpi", 2, "DDPM_DIST_BACKEND=\"mpi\": expected gloo or nccl"),
+        ("DDPM_DIST_TIMEOUT", "soon", 1, "DDPM_DIST_TIMEOUT=\"soon\": expected seconds > 0"),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_ddpm"))
+            .args(["train", "--config", cfg.to_str().unwrap()])
+            .env("WORLD_SIZE", "1")
+            .env("RANK", "0")
+            .env(key, value)
+            .env_remove("RUST_BACKTRACE")
+            .current_dir(d)
+            .output()
+            .unwrap();
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(code), "{e}");
+        assert!(e.contains(want) && e.trim().lines().count() <= 2, "{e}");
+    }
+}

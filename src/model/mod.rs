@@ -118,3 +118,12 @@ pub fn vs_to_channels_last(vs: &nn::VarStore) {
         }
     }
 }
+
+/// The trainable variables of a store in name order (the order `Adam` keeps).
+pub fn trainable_sorted(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let trainable = vs.trainable_variables();
+    let mut v: Vec<(String, Tensor)> =
+        vs.variables().into_iter().filter(|(_, t)| trainable.iter().any(|x| x.data_ptr() == t.data_ptr())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
