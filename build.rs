@@ -3,7 +3,9 @@
 //!    LD_LIBRARY_PATH: torch-sys hands its lib dir to direct dependents as
 //!    DEP_TCH_LIBTORCH_LIB, and `--no-as-needed -ltorch` keeps libtorch_cuda loaded so that
 //!    CUDA is seen on machines that have it.
-//! 2. Compile `csrc/dist.cpp`, the C interface to libtorch's distributed engine (c10d), against
+//! 2. Compile `csrc/ops.cpp` (autocast dtypes, dropping gradients, oneDNN's bf16 check)
+//!    against libtorch's headers, always.
+//! 3. Compile `csrc/dist.cpp`, the C interface to libtorch's distributed engine (c10d), against
 //!    libtorch's headers. gloo's own headers are not in the PyPI wheel: they come from
 //!    libgloo-dev (`GLOO_INCLUDE_DIR` overrides where to look). Without them ddpm is built
 //!    without distributed training (cfg `ddpm_no_dist`) and says so when asked for it. The NCCL
@@ -27,6 +29,7 @@ fn main() {
     let gloo = std::env::var("GLOO_INCLUDE_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("/usr/include"));
     println!("cargo:rerun-if-changed={}", gloo.join("gloo/algorithm.h").display());
     let include = lib.parent().map(|p| p.join("include")).unwrap_or_default();
+    compile_ops(&lib, &include);
     if gloo.join("gloo/algorithm.h").exists() && include.join("torch/csrc/distributed/c10d/TCPStore.hpp").exists() {
         compile_shim(&lib, &include, &gloo);
     } else {
@@ -59,6 +62,22 @@ fn cuda_includes(lib: &Path) -> Option<Vec<PathBuf>> {
         .map(|e| e.path().join("include"))
         .find(|p| ["cuda_runtime_api.h", "crt/host_config.h", "nv/target"].iter().all(|f| p.join(f).exists()))?;
     Some(vec![runtime, nccl])
+}
+
+fn compile_ops(lib: &Path, include: &Path) {
+    cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .file("csrc/ops.cpp")
+        .include(include)
+        .include(include.join("torch/csrc/api/include"))
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .flag_if_supported("-Wno-unused-parameter")
+        .warnings(false)
+        .compile("ddpm_ops");
+    println!("cargo:rustc-link-search=native={}", lib.display());
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
+    println!("cargo:rustc-link-lib=dylib=c10");
 }
 
 fn compile_shim(lib: &Path, include: &Path, gloo: &Path) {

@@ -22,6 +22,10 @@ pub struct ModelInfo {
     pub image_shape: [i64; 3],
     pub dataset: String,
     pub class_names: Vec<String>,
+    /// The share of labels trained as the null class (`train.cond_drop_prob`); None in
+    /// checkpoints written before it was recorded. 0 means guidance has no trained
+    /// unconditional prediction to work with.
+    pub cond_drop_prob: Option<f64>,
     pub epoch: i64,
     pub step: i64,
 }
@@ -36,6 +40,7 @@ impl ModelInfo {
             image_shape: name.image_shape(),
             dataset: name.as_str().to_string(),
             class_names: crate::data::class_names(name),
+            cond_drop_prob: Some(cfg.train.cond_drop_prob),
             epoch: 0,
             step: 0,
         }
@@ -50,6 +55,7 @@ impl ModelInfo {
             ("image_shape".to_string(), j(serde_json::json!(self.image_shape))),
             ("dataset".to_string(), self.dataset.clone()),
             ("class_names".to_string(), j(serde_json::json!(self.class_names))),
+            ("cond_drop_prob".to_string(), j(serde_json::json!(self.cond_drop_prob))),
             ("epoch".to_string(), self.epoch.to_string()),
             ("step".to_string(), self.step.to_string()),
         ])
@@ -69,6 +75,7 @@ impl ModelInfo {
                 .with_context(|| format!("{}: metadata 'image_shape'", path.display()))?,
             dataset: get("dataset")?.clone(),
             class_names: serde_json::from_value(parse("class_names")?).unwrap_or_default(),
+            cond_drop_prob: m.get("cond_drop_prob").and_then(|v| serde_json::from_str(v).ok()).flatten(),
             epoch: get("epoch")?.parse().unwrap_or(0),
             step: get("step")?.parse().unwrap_or(0),
         })

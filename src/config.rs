@@ -126,7 +126,8 @@ pub struct TrainConfig {
     pub grad_clip: f64,
     /// Random horizontal flips of the training images.
     pub hflip: bool,
-    /// `fp32` or `bf16` (autocast on CUDA; on the CPU training stays fp32, with a warning).
+    /// `fp32` or `bf16` (bfloat16 autocast on CUDA, and on CPUs where oneDNN supports bf16;
+    /// elsewhere training stays fp32, with a warning).
     pub precision: String,
     /// Evaluate every this many epochs (0 = never): `eval_samples` DDIM-50 samples scored like
     /// `ddpm eval`, appended to evals.jsonl and plotted in eval.png.
@@ -438,6 +439,23 @@ impl Config {
             "0 <= cond_drop_prob < 1",
         )?;
         range(n.num_classes >= 0, "network.num_classes", n.num_classes, "num_classes >= 0 (0 = unconditional)")?;
+        range(
+            ["adam", "adamw"].contains(&t.optimizer.to_lowercase().as_str()),
+            "train.optimizer",
+            format!("{:?}", t.optimizer),
+            "adam or adamw",
+        )?;
+        if t.precision.eq_ignore_ascii_case("fp16") {
+            return Err("train.precision = \"fp16\" is not supported (float16 needs a gradient scaler that ddpm does \
+                        not have, and diffusion training without one diverges): use bf16 or fp32"
+                .into());
+        }
+        range(
+            ["fp32", "bf16"].contains(&t.precision.to_lowercase().as_str()),
+            "train.precision",
+            format!("{:?}", t.precision),
+            "fp32 or bf16",
+        )?;
         Ok(())
     }
 

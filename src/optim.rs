@@ -41,12 +41,12 @@ impl Adam {
         Self { cfg, lr, step: 0, params, exp_avg, exp_avg_sq }
     }
 
+    /// Drops every gradient (PyTorch's `zero_grad(set_to_none=True)`): a parameter that gets
+    /// no gradient in the next backward keeps none and is not moved by the next step, where a
+    /// zeroed gradient would still let the moments move it.
     pub fn zero_grad(&mut self) {
-        for (_, p) in &mut self.params {
-            let mut g = p.grad();
-            if g.defined() {
-                let _ = g.detach_().zero_();
-            }
+        for (_, p) in &self.params {
+            crate::precision::reset_grad(p);
         }
     }
 

@@ -149,6 +149,18 @@ pub fn draw(
     Tensor::cat(&parts, 0)
 }
 
+/// Classifier-free guidance `eps_u + w (eps_c - eps_u)` needs the unconditional prediction
+/// `eps_u`, which only a model trained with label dropout (`cond_drop_prob > 0`) has learnt.
+pub fn warn_untrained_null_class(info: &ModelInfo, path: &Path, guidance: f64) {
+    if guidance != 1.0 && info.cond_drop_prob == Some(0.0) {
+        tracing::warn!(
+            "guidance {guidance}: {} was trained with train.cond_drop_prob 0, so its unconditional (null-class) \
+             prediction was never trained and guidance mixes in noise; use --guidance 1 (plain conditional sampling)",
+            path.display()
+        );
+    }
+}
+
 /// `ddpm sample`.
 pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
     if cfg.threads > 0 {
@@ -198,6 +210,9 @@ pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
             Some(Tensor::arange(k, (Kind::Int64, device)).repeat_interleave_self_int(per, 0, None))
         }
     };
+    if labels.is_some() {
+        warn_untrained_null_class(&loaded.info, &path, sc.guidance);
+    }
     let n = labels.as_ref().map_or(cfg.sample.n_samples, |l| l.size()[0]);
     let [c, h, w] = loaded.info.image_shape;
     let bytes = n as f64 * (c * h * w) as f64 * 4.0;

@@ -80,10 +80,7 @@ impl Streams {
             let _ = ready_tx.send(Ok(()));
             for job in job_rx {
                 for p in &params {
-                    let mut g = p.grad();
-                    if g.defined() {
-                        let _ = g.detach_().zero_();
-                    }
+                    crate::precision::reset_grad(p);
                 }
                 net.set_training(true);
                 let loss = net.forward(&job.x_t, &job.t, job.labels.as_ref()).mse_loss(&job.noise, Reduction::Mean);

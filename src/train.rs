@@ -87,6 +87,8 @@ struct Trainer<'a> {
     stop: Option<u8>,
     /// The second compute stream and the trainable variables it adds gradients to.
     streams: Option<(crate::streams::Streams, Vec<Tensor>)>,
+    /// `DDPM_TRACE_DIR`: record each step's inputs and the weights (trajectory parity tests).
+    trace: Option<crate::trace::Trace>,
 }
 
 /// Builds the network described by `cfg` on `device` in a fresh store (its convolution
@@ -168,9 +170,13 @@ impl Trainer<'_> {
             let drop = Tensor::rand([full], (Kind::Float, self.device)).narrow(0, lo, len).lt(c.train.cond_drop_prob);
             y.where_self(&drop.logical_not(), &y.full_like(self.net.num_classes()))
         });
+        if let Some(tr) = &self.trace {
+            tr.inputs(self.pos.step + 1, &idx, &t, &noise)?;
+        }
         let x_t = self.ddpm.add_noise(&x0, &noise, &t);
         if c.train.warmup_steps > 0 {
-            self.opt.lr = c.train.lr * ((self.pos.step + 1) as f64 / c.train.warmup_steps as f64).min(1.0);
+            // The paper's warm-up: lr * min(1, step / warmup) with step the updates done so far.
+            self.opt.lr = c.train.lr * (self.pos.step as f64 / c.train.warmup_steps as f64).min(1.0);
         }
         if let Some((streams, params)) = &self.streams {
             // Two streams: this thread and the worker each take half of the batch.
@@ -179,10 +185,9 @@ impl Trainer<'_> {
             return self.finish_step(loss);
         }
         self.net.set_training(true);
-        let autocast = self.bf16 && self.device.is_cuda();
-        let loss = tch::autocast(autocast, || {
-            self.net.forward(&x_t, &t, labels.as_ref()).to_kind(Kind::Float).mse_loss(&noise, Reduction::Mean)
-        });
+        let forward =
+            || self.net.forward(&x_t, &t, labels.as_ref()).to_kind(Kind::Float).mse_loss(&noise, Reduction::Mean);
+        let loss = if self.bf16 { crate::precision::with_bf16_autocast(self.device, forward)? } else { forward() };
         self.net.set_training(false);
         self.opt.zero_grad();
         // Unequal shards (a short last batch) weigh their mean by their share of the batch.
@@ -227,6 +232,9 @@ impl Trainer<'_> {
             ema.update(self.pos.step);
         }
         self.pos.step += 1;
+        if let Some(tr) = &self.trace {
+            tr.after_step(self.pos.step, &loss, &self.vs, &self.opt)?;
+        }
         Ok(loss)
     }
 
@@ -744,9 +752,18 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<TrainSummary> {
         AdamConfig { weight_decay: cfg.train.weight_decay, decoupled: adamw, ..Default::default() },
     );
     let bf16 = cfg.train.precision.eq_ignore_ascii_case("bf16");
-    if bf16 && !device.is_cuda() {
-        tracing::warn!("train.precision bf16: autocast runs on CUDA only; on the CPU this run trains in fp32");
+    if bf16 {
+        // libtorch's CUDA autocast defaults to float16; bf16 it is, on every device type.
+        crate::precision::set_autocast_dtype(true, Kind::BFloat16)?;
+        crate::precision::set_autocast_dtype(false, Kind::BFloat16)?;
     }
+    let cpu_bf16 = crate::precision::cpu_supports_bf16();
+    if bf16 && !device.is_cuda() && !cpu_bf16 {
+        tracing::warn!(
+            "train.precision bf16: oneDNN has no bf16 support on this CPU (it needs AVX512-BF16 or AMX); this run trains in fp32"
+        );
+    }
+    let bf16 = bf16 && (device.is_cuda() || cpu_bf16);
     let mut info = ModelInfo::from_config(cfg);
     info.class_names = dataset.class_names.clone();
     let mut trainer = Trainer {
@@ -768,8 +785,11 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<TrainSummary> {
         dist,
         stop: None,
         streams: None,
+        trace: crate::trace::Trace::from_env()?,
     };
-    if crate::streams::wanted(cfg, device, trainer.dist.is_some()) == 2 {
+    // Autocast is per thread: bf16 on the CPU runs in one stream.
+    let cpu_autocast = bf16 && !device.is_cuda();
+    if crate::streams::wanted(cfg, device, trainer.dist.is_some()) == 2 && !cpu_autocast {
         let params = crate::model::trainable_sorted(&trainer.vs).into_iter().map(|(_, t)| t).collect();
         trainer.streams = Some((crate::streams::Streams::new(cfg, shape, &trainer.vs)?, params));
         tracing::info!(
@@ -786,6 +806,9 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<TrainSummary> {
         trainer.resume()?;
     }
     trainer.broadcast_state()?;
+    if let Some(tr) = &trainer.trace {
+        tr.initial(trainer.pos.step, &trainer.vs)?;
+    }
     trainer.run()
 }
 

@@ -127,15 +127,75 @@ fn ddim_with_eta_one_over_all_steps_equals_the_ddpm_fixed_small_step() {
     assert!((a - b).abs().max().double_value(&[]) < 1e-4);
 }
 
+/// Strided DDIM steps (t -> prev with prev < t - 1) against DDIM's eq. 12 written out in f64,
+/// for eta 0, 0.5 and 1 and with the predicted x0 clipped: at t = 500 an x_t of 0.9 with
+/// eps = -0.5 predicts x0 of about 4.9, which the clip brings to 1.
+#[test]
+fn ddim_strided_steps_match_equation_12() {
+    let ddpm = Ddpm::new(Schedule::linear(1000, 1e-4, 0.02), Device::Cpu);
+    let s = &ddpm.schedule;
+    let one = |v: f64| Tensor::from_slice(&[v as f32]).view([1, 1, 1, 1]);
+    let (x, e, z) = (0.9f64, -0.5f64, 1.5f64);
+    for (t, prev) in [(999usize, Some(979usize)), (500, Some(480)), (500, Some(0)), (40, None)] {
+        for eta in [0.0, 0.5, 1.0] {
+            for clip in [false, true] {
+                let ab = s.alphas_cumprod[t];
+                let abp = prev.map_or(1.0, |p| s.alphas_cumprod[p]);
+                let mut x0 = (x - (1.0 - ab).sqrt() * e) / ab.sqrt();
+                let mut eps = e;
+                if clip {
+                    x0 = x0.clamp(-1.0, 1.0);
+                    eps = (x - ab.sqrt() * x0) / (1.0 - ab).sqrt();
+                }
+                let sigma = eta * ((1.0 - abp) / (1.0 - ab)).sqrt() * (1.0 - ab / abp).sqrt();
+                let want = abp.sqrt() * x0 + (1.0 - abp - sigma * sigma).sqrt() * eps + sigma * z;
+                let got = ddim::step(s, &one(e), &one(x), (t, prev), &one(z), eta, clip).double_value(&[0, 0, 0, 0]);
+                assert!(
+                    (got - want).abs() < 1e-4 * want.abs().max(1.0),
+                    "t={t} prev={prev:?} eta={eta} clip={clip}: {got} vs {want}"
+                );
+            }
+        }
+    }
+    // The clip matters in this case (x0 4.9 -> 1).
+    let step = |clip| ddim::step(s, &one(e), &one(x), (500, Some(480)), &one(z), 0.0, clip).double_value(&[0, 0, 0, 0]);
+    assert!((step(true) - step(false)).abs() > 0.1, "{} {}", step(true), step(false));
+}
+
 #[test]
 fn ddim_timesteps() {
-    assert_eq!(ddim::timesteps(1000, 4, Spacing::Uniform), vec![0, 250, 500, 750]);
-    assert_eq!(ddim::timesteps(1000, 50, Spacing::Uniform).len(), 50);
-    let q = ddim::timesteps(1000, 10, Spacing::Quadratic);
-    assert_eq!(q[0], 0);
-    assert_eq!(*q.last().unwrap(), 800);
-    assert!(q.windows(2).all(|w| w[0] < w[1]), "{q:?}");
+    // Golden lists: improved-diffusion's space_timesteps(1000, [4]) is {0, 333, 666, 999}.
+    assert_eq!(ddim::timesteps(1000, 4, Spacing::Uniform), vec![0, 333, 666, 999]);
+    assert_eq!(ddim::timesteps(1000, 1, Spacing::Uniform), vec![999]);
+    assert_eq!(ddim::timesteps(1000, 2, Spacing::Uniform), vec![0, 999]);
+    // (i / 3)^2 * 999 = 0, 111, 444, 999.
+    assert_eq!(ddim::timesteps(1000, 4, Spacing::Quadratic), vec![0, 111, 444, 999]);
     assert_eq!(ddim::timesteps(10, 100, Spacing::Uniform), (0..10).collect::<Vec<_>>());
+}
+
+/// Every step count of a 1000-step schedule, both spacings: the sampler's list (descending)
+/// has the requested length, no repeats, and starts within one stride of t = 999 (so the
+/// reverse process starts from pure noise: `--steps 600` and `--steps 501` once started at
+/// t = 599 and t = 500).
+#[test]
+fn ddim_timesteps_start_at_the_top_for_every_step_count() {
+    let n = 1000;
+    for spacing in [Spacing::Uniform, Spacing::Quadratic] {
+        for steps in 1..=n {
+            let ts = ddim::timesteps(n, steps, spacing);
+            assert_eq!(ts.len(), steps, "{spacing:?} {steps}");
+            assert!(ts.windows(2).all(|w| w[0] < w[1]), "{spacing:?} {steps}: not strictly increasing");
+            let stride = n / steps;
+            assert!(ts[steps - 1] + stride >= n - 1, "{spacing:?} {steps}: starts at {}", ts[steps - 1]);
+            assert!(ts[steps - 1] < n, "{spacing:?} {steps}");
+            if steps > 1 {
+                assert_eq!(ts[0], 0, "{spacing:?} {steps}");
+            }
+        }
+    }
+    for steps in [600, 501] {
+        assert_eq!(*ddim::timesteps(n, steps, Spacing::Uniform).last().unwrap(), 999, "{steps}");
+    }
 }
 
 #[test]
@@ -157,7 +217,8 @@ fn ddim_eta_zero_is_deterministic_given_the_noise() {
     tch::manual_seed(99);
     let b = sampler::sample(net.as_ref(), &ddpm, noise.copy(), None, &sc, |_, _, _| {});
     assert!(a.equal(&b), "eta = 0 must not depend on the random generator");
-    assert_eq!(visited, vec![16, 12, 8, 4, 0]);
+    // round(i * 19 / 4) for i = 4..0.
+    assert_eq!(visited, vec![19, 14, 10, 5, 0]);
     let sc1 = SamplerConfig { sampler: Sampler::Ddim { steps: 5, eta: 1.0, spacing: Spacing::Uniform }, ..sc };
     tch::manual_seed(10);
     let c = sampler::sample(net.as_ref(), &ddpm, noise.copy(), None, &sc1, |_, _, _| {});

@@ -173,6 +173,18 @@ fn reverse_step_matches_the_closed_form() {
         ddpm.step(&eps, t, &x, &zero, SampleOptions { simple_var: false, clip_x0: true }).double_value(&[0, 0, 0, 0]);
     let want = abp.sqrt() * b / (1.0 - ab) * x0 + a.sqrt() * (1.0 - abp) / (1.0 - ab) * xt;
     assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    // A predicted x0 of 1.7 is clamped to 1 before the posterior mean; without the clamp the
+    // step lands 0.7 * abp.sqrt() * b / (1 - ab) (about 0.0018) higher.
+    let xt = ab.sqrt() * 1.7 + (1.0 - ab).sqrt() * -0.2;
+    let x = Tensor::from_slice(&[xt as f32]).view([1, 1, 1, 1]);
+    let step = |clip| {
+        ddpm.step(&eps, t, &x, &zero, SampleOptions { simple_var: false, clip_x0: clip }).double_value(&[0, 0, 0, 0])
+    };
+    let want = abp.sqrt() * b / (1.0 - ab) * 1.0 + a.sqrt() * (1.0 - abp) / (1.0 - ab) * xt;
+    assert!((step(true) - want).abs() < 1e-5, "clipped: {} vs {want}", step(true));
+    let unclipped = abp.sqrt() * b / (1.0 - ab) * 1.7 + a.sqrt() * (1.0 - abp) / (1.0 - ab) * xt;
+    assert!((step(false) - unclipped).abs() < 1e-5, "unclipped: {} vs {unclipped}", step(false));
+    assert!((step(true) - step(false)).abs() > 1e-3, "clipping changed nothing");
 }
 
 #[test]

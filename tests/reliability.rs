@@ -72,25 +72,29 @@ fn a_second_run_into_the_same_dir_is_refused_unless_asked() {
     assert!(stderr(&o).contains("no checkpoint"), "{}", stderr(&o));
 }
 
+/// A run that diverges stops with the step in its message and leaves the last good checkpoint
+/// as it was: one epoch trains normally, then a resumed epoch at lr 1e12 diverges.
 #[test]
 fn a_diverging_run_stops_with_the_step_and_keeps_no_nan_weights() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write_tiny_mnist(&d.join("data"), 64);
     let cfg = tiny_config(d);
-    let o = ddpm(
-        d,
-        &["train", "--config", cfg.to_str().unwrap(), "--lr", "1e12", "--set", "train.log_every=1", "--epochs", "20"],
-    );
+    let c = cfg.to_str().unwrap();
+    let o = ddpm(d, &["train", "--config", c, "--epochs", "1", "--set", "train.grid_samples=0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let latest = d.join("run/checkpoints/latest.safetensors");
+    let good = std::fs::read(&latest).unwrap();
+    let o =
+        ddpm(d, &["train", "--config", c, "--resume", "--lr", "1e12", "--set", "train.log_every=1", "--epochs", "20"]);
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{e}");
     let last = e.lines().last().unwrap();
     assert!(last.contains("the loss became") && last.contains("at step"), "{e}");
-    let latest = d.join("run/checkpoints/latest.safetensors");
-    if latest.exists() {
-        for (k, v) in tensors(&latest) {
-            assert!(v.iter().all(|x| x.is_finite()), "{k} has non-finite values");
-        }
+    assert!(last.contains("latest.safetensors"), "the message names the last good checkpoint: {e}");
+    assert_eq!(std::fs::read(&latest).unwrap(), good, "the good checkpoint was overwritten");
+    for (k, v) in tensors(&latest) {
+        assert!(v.iter().all(|x| x.is_finite()), "{k} has non-finite values");
     }
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use ddpm::config::{Config, NetworkConfig, NetworkKind};
-use ddpm::model::{self, attention::AttnBlock};
+use ddpm::model::{self, attention::AttnBlock, blocks::ResBlock};
 use std::path::Path;
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Reduction, Tensor};
 
@@ -69,7 +69,13 @@ fn attention_is_equivariant_to_permuted_positions() {
     tch::manual_seed(1);
     let vs = nn::VarStore::new(Device::Cpu);
     let attn = AttnBlock::new(&vs.root(), 16, 4);
-    // Non-trivial output projection (the block's own init is random already).
+    // Random weights everywhere: the output projection starts at zero (the paper's init).
+    tch::no_grad(|| {
+        for (_, mut v) in vs.variables() {
+            let r = v.randn_like() * 0.3;
+            v.copy_(&r);
+        }
+    });
     let xs = Tensor::randn([2, 16, 4, 5], (Kind::Float, Device::Cpu));
     let perm = Tensor::randperm(20, (Kind::Int64, Device::Cpu));
     let permute = |t: &Tensor| t.view([2, 16, 20]).index_select(2, &perm).view([2, 16, 4, 5]);
@@ -77,6 +83,51 @@ fn attention_is_equivariant_to_permuted_positions() {
     let d = (&a - &b).abs().max().double_value(&[]);
     assert!(d < 1e-5, "permuted input gives a differently permuted output: {d}");
     assert!((a - permute(&xs)).abs().max().double_value(&[]) > 1e-3, "attention did nothing");
+}
+
+/// The paper's initialisation: the last layer of every residual branch and the output
+/// convolution start at zero, so a fresh network outputs exactly 0 and each block is the
+/// identity (or its 1x1 projection when the width changes); the other layers are fan-avg
+/// uniform with zero biases.
+#[test]
+fn a_fresh_unet_outputs_zero_and_its_blocks_are_identities() {
+    let _rng = common::rng_lock();
+    tch::manual_seed(2);
+    for (shape, classes) in [([1, 28, 28], 0), ([3, 32, 32], 10)] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = model::build(&vs, &small_unet(classes), shape, 1000);
+        let xs = Tensor::randn([3, shape[0], shape[1], shape[2]], (Kind::Float, Device::Cpu));
+        let labels = (classes > 0).then(|| Tensor::from_slice(&[3i64, 10, 0]));
+        let out = tch::no_grad(|| net.forward(&xs, &Tensor::from_slice(&[0i64, 500, 999]), labels.as_ref()));
+        assert_eq!(out.abs().max().double_value(&[]), 0.0, "{shape:?}: a fresh network's output is not 0");
+        // Bounds and biases: conv_in is 3x3 from C to 16 channels.
+        let vars = vs.variables();
+        let w = &vars["conv_in.weight"];
+        let bound = (3.0 / ((shape[0] * 9 + 16 * 9) as f64 / 2.0)).sqrt();
+        let max = w.abs().max().double_value(&[]);
+        assert!(max <= bound && max > 0.8 * bound, "conv_in weights reach {max}, bound {bound}");
+        assert_eq!(vars["conv_in.bias"].abs().max().double_value(&[]), 0.0);
+        assert_eq!(vars["temb.0.bias"].abs().max().double_value(&[]), 0.0);
+    }
+    let vs = nn::VarStore::new(Device::Cpu);
+    let same = ResBlock::new(&(vs.root() / "a"), 16, 16, 64, 8, 0.0);
+    let wider = ResBlock::new(&(vs.root() / "b"), 16, 32, 64, 8, 0.0);
+    let attn = AttnBlock::new(&(vs.root() / "c"), 16, 8);
+    let xs = Tensor::randn([2, 16, 6, 6], (Kind::Float, Device::Cpu));
+    let temb = Tensor::randn([2, 64], (Kind::Float, Device::Cpu));
+    tch::no_grad(|| {
+        assert_eq!((same.forward(&xs, &temb, true) - &xs).abs().max().double_value(&[]), 0.0);
+        assert_eq!((attn.forward(&xs) - &xs).abs().max().double_value(&[]), 0.0);
+        let skip = xs.conv2d(
+            &vs.variables()["b.skip.weight"],
+            Some(&vs.variables()["b.skip.bias"]),
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            1,
+        );
+        assert_eq!((wider.forward(&xs, &temb, false) - skip).abs().max().double_value(&[]), 0.0);
+    });
 }
 
 /// Writes `n` CIFAR-10 records (coloured squares) as data_batch_1..5 and test_batch.

@@ -5,12 +5,16 @@
 use super::Schedule;
 use tch::Tensor;
 
-/// How the sampling timesteps are spread over `0..n_steps`.
+/// How the sampling timesteps are spread over `0..n_steps`. Both reach the top of the
+/// schedule (`n_steps - 1`, pure noise) for every step count and end at 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Spacing {
-    /// `0, k, 2k, ...` with `k = n_steps / steps` (the DDIM paper's choice).
+    /// Evenly spaced, rounded: `round(i (n_steps - 1) / (steps - 1))` (improved-diffusion's
+    /// `space_timesteps` for one section). With `steps` dividing `n_steps - 1` it is the DDIM
+    /// paper's `range(0, T, T / S)` stretched to end at T - 1.
     Uniform,
-    /// Denser near t = 0: `(linspace(0, sqrt(0.8 n_steps), steps))^2`.
+    /// Denser near t = 0: `round((i / (steps - 1))^2 (n_steps - 1))`, pushed apart where
+    /// rounding would repeat a step. (The DDIM paper's version stops at 0.8 T.)
     Quadratic,
 }
 
@@ -24,25 +28,29 @@ impl Spacing {
     }
 }
 
-/// The timesteps to visit, ascending and distinct, always starting at 0.
+/// The timesteps to visit, ascending and distinct: `steps` of them (at most `n_steps`), the
+/// first 0 and the last `n_steps - 1` (a single step is `[n_steps - 1]`).
 pub fn timesteps(n_steps: usize, steps: usize, spacing: Spacing) -> Vec<usize> {
-    let steps = steps.clamp(1, n_steps);
-    let mut ts: Vec<usize> = match spacing {
-        Spacing::Uniform => {
-            let k = n_steps / steps;
-            (0..steps).map(|i| i * k).collect()
-        }
-        Spacing::Quadratic => {
-            let top = (n_steps as f64 * 0.8).sqrt();
-            (0..steps)
-                .map(|i| {
-                    let f = if steps == 1 { 0.0 } else { top * i as f64 / (steps - 1) as f64 };
-                    ((f * f) as usize).min(n_steps - 1)
-                })
-                .collect()
-        }
-    };
-    ts.dedup();
+    let n = n_steps.max(1);
+    let steps = steps.clamp(1, n);
+    if steps == 1 {
+        return vec![n - 1];
+    }
+    let top = (n - 1) as f64;
+    let frac = |i: usize| i as f64 / (steps - 1) as f64;
+    let mut ts: Vec<usize> = (0..steps)
+        .map(|i| match spacing {
+            Spacing::Uniform => (frac(i) * top).round() as usize,
+            Spacing::Quadratic => (frac(i) * frac(i) * top).round() as usize,
+        })
+        .collect();
+    // Strictly increasing: push repeats up, then keep room for the steps above each one.
+    for i in 1..steps {
+        ts[i] = ts[i].max(ts[i - 1] + 1);
+    }
+    for (i, t) in ts.iter_mut().enumerate() {
+        *t = (*t).min(n - steps + i);
+    }
     ts
 }
 

@@ -155,6 +155,8 @@ pub fn eval(cfg: &Config, req: &EvalRequest) -> Result<EvalResult> {
             let labels = (k > 0).then(|| Tensor::arange(n, (Kind::Int64, device)).remainder(k));
             if k == 0 {
                 sc.guidance = 1.0;
+            } else {
+                crate::sample::warn_untrained_null_class(&loaded.info, &path, sc.guidance);
             }
             let steps = crate::diffusion::sampler::visited_steps(&loaded.ddpm, sc.sampler).len();
             let xs = draw(&loaded, n, labels.as_ref(), cfg.sample.batch_size.min(n), cfg.seed, &sc, None);

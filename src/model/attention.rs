@@ -3,7 +3,7 @@
 //! Written with matmul and softmax so it has a backward through tch.
 
 use super::blocks::group_norm;
-use super::conv2d;
+use super::ddpm_init::{conv2d, zero_conv2d};
 use tch::{nn, Kind, Tensor};
 
 #[derive(Debug)]
@@ -22,7 +22,7 @@ impl AttnBlock {
             q: conv2d(p / "q", channels, channels, 1, 1, 0),
             k: conv2d(p / "k", channels, channels, 1, 1, 0),
             v: conv2d(p / "v", channels, channels, 1, 1, 0),
-            proj_out: conv2d(p / "proj_out", channels, channels, 1, 1, 0),
+            proj_out: zero_conv2d(p / "proj_out", channels, channels, 1, 1, 0),
         }
     }
 

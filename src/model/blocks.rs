@@ -2,7 +2,7 @@
 //! block with GroupNorm): GroupNorm -> SiLU -> conv 3x3 -> + projection of the time embedding
 //! -> GroupNorm -> SiLU -> dropout -> conv 3x3, plus a 1x1 skip when the channels change.
 
-use super::{conv2d, linear};
+use super::ddpm_init::{conv2d, linear, zero_conv2d};
 use tch::nn::{self, Module};
 use tch::Tensor;
 
@@ -30,7 +30,7 @@ impl ResBlock {
             temb_proj: linear(p / "temb_proj", temb_dim, c_out),
             norm2: group_norm(p / "norm2", groups, c_out),
             dropout,
-            conv2: conv2d(p / "conv2", c_out, c_out, 3, 1, 1),
+            conv2: zero_conv2d(p / "conv2", c_out, c_out, 3, 1, 1),
             skip: (c_in != c_out).then(|| conv2d(p / "skip", c_in, c_out, 1, 1, 0)),
         }
     }

@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod blocks;
+pub mod ddpm_init;
 pub mod demo;
 pub mod embedding;
 pub mod unet;

@@ -14,7 +14,7 @@
 
 use super::attention::AttnBlock;
 use super::blocks::{group_norm, ResBlock};
-use super::{conv2d, linear};
+use super::ddpm_init::{conv2d, linear, zero_conv2d};
 use crate::config::NetworkConfig;
 use std::cell::Cell;
 use tch::nn::{self, Module};
@@ -135,7 +135,7 @@ impl UNet {
             mid,
             up,
             norm_out: group_norm(p / "norm_out", g, ch),
-            conv_out: conv2d(p / "conv_out", ch, c, 3, 1, 1),
+            conv_out: zero_conv2d(p / "conv_out", ch, c, 3, 1, 1),
             num_classes: cfg.num_classes,
             training: Cell::new(false),
         }

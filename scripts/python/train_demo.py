@@ -1,0 +1,75 @@
+"""The teaching demo's training loop in PyTorch, as the quality baseline for `ddpm train`: MNIST
+through a shuffling DataLoader (batch 512), the demo UNet, t ~ U{0..n_steps-1}, eps ~ N(0, 1),
+MSE, torch.optim.Adam at 1e-3. Writes the final raw weights as safetensors, which `ddpm sample`
+and `ddpm eval --checkpoint` read (the network is taken from the config).
+
+usage: train_demo.py --data DIR --out WEIGHTS.safetensors [--seed S] [--epochs E] [--threads N]
+                     [--keep-epochs K]
+
+--keep-epochs K also writes the raw weights at the end of each of the last K epochs, beside OUT
+as OUT-stem.epoch-NNNN.safetensors (as `ddpm train` keeps its last epochs).
+"""
+
+import argparse
+import gzip
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from demo_unet import DDPM, UNet  # noqa: E402
+
+
+def read_idx_images(d):
+    p = os.path.join(d, "train-images-idx3-ubyte")
+    raw = open(p, "rb").read() if os.path.exists(p) else gzip.open(p + ".gz").read()
+    n, r, c = (int.from_bytes(raw[i : i + 4], "big") for i in (4, 8, 12))
+    return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=16).copy()).view(n, 1, r, c)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--keep-epochs", type=int, default=0)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    # ToTensor, then the demo's (x - 0.5) * 2.
+    xs = (read_idx_images(a.data).float() / 255 - 0.5) * 2
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xs), batch_size=a.batch_size, shuffle=True)
+    net = UNet(1000, tuple(xs.shape[1:]))
+    ddpm = DDPM("cpu")
+    opt = torch.optim.Adam(net.parameters(), a.lr)
+    for epoch in range(a.epochs):
+        t0, total, n = time.perf_counter(), 0.0, 0
+        for (x,) in loader:
+            t = torch.randint(0, 1000, (x.shape[0],))
+            eps = torch.randn_like(x)
+            loss = F.mse_loss(net(ddpm.sample_forward(x, t, eps), t), eps)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * x.shape[0]
+            n += x.shape[0]
+        print(f"epoch {epoch + 1}/{a.epochs}: loss {total / n:.5f}, {time.perf_counter() - t0:.1f} s", flush=True)
+        if a.epochs - epoch <= a.keep_epochs:
+            stem = a.out[: -len(".safetensors")] if a.out.endswith(".safetensors") else a.out
+            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, f"{stem}.epoch-{epoch + 1:04d}.safetensors")
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, a.out)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+//! Mixed precision and the optimizer's bookkeeping: bf16 that is bf16 (not libtorch's float16
+//! default for CUDA autocast), fp16 rejected, gradients dropped rather than zeroed, and the
+//! paper's learning-rate warm-up. Its own test binary: autocast state is process-wide.
+
+mod common;
+
+use ddpm::config::Config;
+use ddpm::optim::{Adam, AdamConfig};
+use ddpm::precision;
+use ddpm::train::{train, TrainOptions};
+use tch::{nn, Device, Kind, Tensor};
+
+/// `ddpm train` with `precision: bf16` sets CUDA's autocast dtype to bfloat16, even on a
+/// machine without a GPU, and trains to a finite loss (in bf16 where this CPU's oneDNN has it).
+#[test]
+fn bf16_training_sets_the_cuda_autocast_dtype_to_bfloat16() {
+    let _rng = common::rng_lock();
+    assert_eq!(precision::autocast_dtype(true), Some(Kind::Half), "libtorch's CUDA default is float16");
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_mnist(&dir.path().join("data"), 64);
+    let cfg_path = common::tiny_config(dir.path());
+    let set = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let cfg = Config::load(
+        &cfg_path,
+        &[set("train.precision", "bf16"), set("train.max_steps", "3"), set("train.grid_samples", "0")],
+    )
+    .unwrap();
+    let summary = train(&cfg, TrainOptions::default()).unwrap();
+    assert_eq!(precision::autocast_dtype(true), Some(Kind::BFloat16));
+    assert_eq!(precision::autocast_dtype(false), Some(Kind::BFloat16));
+    assert!(summary.last_loss.is_finite(), "{}", summary.last_loss);
+    println!("oneDNN bf16 on this CPU: {}", precision::cpu_supports_bf16());
+}
+
+/// Under bf16 autocast a convolution computes in bfloat16, on the CPU as on CUDA; outside it,
+/// in float32 again.
+#[test]
+fn bf16_autocast_runs_convolutions_in_bfloat16() {
+    let _rng = common::rng_lock();
+    let x = Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu));
+    let w = Tensor::randn([4, 3, 3, 3], (Kind::Float, Device::Cpu));
+    let conv = || x.conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
+    let y = precision::with_bf16_autocast(Device::Cpu, conv).unwrap();
+    assert_eq!(y.kind(), Kind::BFloat16);
+    assert_eq!(conv().kind(), Kind::Float);
+    let d = (y.to_kind(Kind::Float) - conv()).abs().max().double_value(&[]);
+    assert!(d > 0.0 && d < 0.2, "bf16 result differs from fp32 by {d}");
+}
+
+/// `train.precision: fp16` is refused with a message that says why and what to use.
+#[test]
+fn fp16_and_unknown_precisions_and_optimizers_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::tiny_config(dir.path());
+    for (key, value, want) in [
+        ("train.precision", "fp16", "gradient scaler"),
+        ("train.precision", "fp8", "fp32 or bf16"),
+        ("train.optimizer", "sgd", "adam or adamw"),
+    ] {
+        let out =
+            common::ddpm(dir.path(), &["train", "--config", cfg.to_str().unwrap(), "--set", &format!("{key}={value}")]);
+        let err = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{key}={value}: {err}");
+        assert!(err.contains(key) && err.contains(want), "{key}={value}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+}
+
+/// After `zero_grad` a parameter that the next loss does not use has no gradient, so the
+/// step leaves it where it is; a zeroed gradient would let Adam's momentum move it.
+#[test]
+fn zero_grad_drops_gradients_so_unused_parameters_stay_put() {
+    let _rng = common::rng_lock();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let a = vs.root().var("a", &[3], nn::Init::Const(1.0));
+    let b = vs.root().var("b", &[3], nn::Init::Const(2.0));
+    let mut opt = Adam::new(&vs, 0.1, AdamConfig::default());
+    opt.backward_step(&(&a * &b).sum(Kind::Float));
+    let b_after_first = Vec::<f32>::try_from(&b.detach()).unwrap();
+    assert_ne!(b_after_first, vec![2.0f32; 3], "the first step uses b");
+    opt.backward_step(&a.square().sum(Kind::Float));
+    assert!(!b.grad().defined(), "b's gradient was not dropped");
+    assert_eq!(Vec::<f32>::try_from(&b.detach()).unwrap(), b_after_first, "an unused parameter moved");
+}
+
+/// The paper's warm-up: the learning rate of update s (0-based) is lr * min(1, s / warmup),
+/// logged per step in metrics.jsonl.
+#[test]
+fn warm_up_is_lr_times_step_over_warmup() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_mnist(&dir.path().join("data"), 64);
+    let cfg = common::tiny_config(dir.path());
+    let out = common::ddpm(
+        dir.path(),
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--set",
+            "train.warmup_steps=4",
+            "--set",
+            "train.log_every=1",
+            "--set",
+            "train.max_steps=6",
+            "--set",
+            "train.grid_samples=0",
+        ],
+    );
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let text = std::fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap();
+    let lrs: Vec<f64> =
+        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap()).collect();
+    // tiny_config's lr is 0.002: updates 0..5 use 0, 1/4, 2/4, 3/4, 1, 1 of it.
+    let want = [0.0, 0.0005, 0.001, 0.0015, 0.002, 0.002];
+    assert_eq!(lrs.len(), want.len(), "{text}");
+    for (got, want) in lrs.iter().zip(want) {
+        assert!((got - want).abs() < 1e-12, "{lrs:?}");
+    }
+}
