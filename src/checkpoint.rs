@@ -223,22 +223,31 @@ pub fn epoch_path(run_dir: &Path, epoch: i64) -> PathBuf {
     checkpoint_dir(run_dir).join(format!("epoch-{epoch:04}.safetensors"))
 }
 
-/// Deletes all but the newest `keep` per-epoch checkpoints; `latest` is never touched.
+/// Deletes all but the newest `keep` epochs' checkpoints, each with all its companions
+/// (`epoch-NNNN.safetensors`, `.ema.`, ...); `latest` is never touched. Within an epoch the
+/// weights go first, so a weights file never outlives its EMA.
 pub fn rotate(run_dir: &Path, keep: usize) -> Result<()> {
     let dir = checkpoint_dir(run_dir);
-    let mut epochs: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("listing {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("epoch-") && n.ends_with(".safetensors"))
-        })
-        .collect();
-    epochs.sort();
+    let mut epochs: BTreeMap<i64, Vec<PathBuf>> = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let epoch = name
+            .strip_prefix("epoch-")
+            .filter(|_| name.ends_with(".safetensors"))
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|n| n.parse::<i64>().ok());
+        if let Some(e) = epoch {
+            epochs.entry(e).or_default().push(path);
+        }
+    }
     let excess = epochs.len().saturating_sub(keep);
-    for old in &epochs[..excess] {
-        std::fs::remove_file(old).with_context(|| format!("removing old checkpoint {}", old.display()))?;
+    for (_, mut files) in epochs.into_iter().take(excess) {
+        // The weights (shortest name) first, then the companions.
+        files.sort_by_key(|p| p.as_os_str().len());
+        for old in files {
+            std::fs::remove_file(&old).with_context(|| format!("removing old checkpoint {}", old.display()))?;
+        }
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! A record of the training trajectory for parity tests against PyTorch: with
 //! `DDPM_TRACE_DIR=DIR`, `ddpm train` writes the initial weights (`init.safetensors`), each
-//! step's inputs (`step-NNNNNN.safetensors`: the dataset indices of the batch, `t`, the noise and
-//! the loss) and, at the steps listed in `DDPM_TRACE_WEIGHTS` (default 1, 2, 9, 10 and every
+//! step's inputs (`inputs-NNNNNN.safetensors`: the dataset indices of the batch, the images as
+//! trained on (`x0`, after flips), `t`, the noise and, for conditional models, the labels after
+//! label dropout; `after-NNNNNN.safetensors`: the loss) and, at the steps listed in `DDPM_TRACE_WEIGHTS` (default 1, 2, 9, 10 and every
 //! step whose number ends in 99 or 00), the weights after the step, the gradients that produced them and Adam's
 //! moments, so a replay can restart from any of those steps.
 //! `scripts/python/replay_trace.py` replays the same steps with `torch.optim.Adam` and reports
@@ -52,13 +53,25 @@ impl Trace {
         self.write(format!("init-{step:06}.safetensors"), vs.variables().into_iter().collect())
     }
 
-    /// Step `step`'s random inputs (1-based step number).
-    pub fn inputs(&self, step: i64, idx: &Tensor, t: &Tensor, noise: &Tensor) -> Result<()> {
-        let tensors = BTreeMap::from([
+    /// Step `step`'s inputs (1-based step number).
+    pub fn inputs(
+        &self,
+        step: i64,
+        idx: &Tensor,
+        x0: &Tensor,
+        t: &Tensor,
+        noise: &Tensor,
+        labels: Option<&Tensor>,
+    ) -> Result<()> {
+        let mut tensors = BTreeMap::from([
             ("idx".to_string(), idx.shallow_clone()),
+            ("x0".to_string(), x0.shallow_clone()),
             ("t".to_string(), t.shallow_clone()),
             ("noise".to_string(), noise.shallow_clone()),
         ]);
+        if let Some(y) = labels {
+            tensors.insert("labels".to_string(), y.shallow_clone());
+        }
         self.write(format!("inputs-{step:06}.safetensors"), tensors)
     }
 

@@ -171,7 +171,7 @@ impl Trainer<'_> {
             y.where_self(&drop.logical_not(), &y.full_like(self.net.num_classes()))
         });
         if let Some(tr) = &self.trace {
-            tr.inputs(self.pos.step + 1, &idx, &t, &noise)?;
+            tr.inputs(self.pos.step + 1, &idx, &x0, &t, &noise, labels.as_ref())?;
         }
         let x_t = self.ddpm.add_noise(&x0, &noise, &t);
         if c.train.warmup_steps > 0 {

@@ -256,16 +256,29 @@ fn checkpoint_round_trip_gives_identical_output_and_metadata() {
 
 #[test]
 fn rotation_keeps_the_newest_epochs() {
-    let dir = tempfile::tempdir().unwrap();
-    let ck = checkpoint::checkpoint_dir(dir.path());
-    std::fs::create_dir_all(&ck).unwrap();
-    for e in 1..=5 {
-        std::fs::write(checkpoint::epoch_path(dir.path(), e), b"x").unwrap();
+    // Each epoch has its weights, EMA and (for the test) a state companion; K epochs are kept
+    // whole, whatever the file count.
+    for keep in [0usize, 1, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = checkpoint::checkpoint_dir(dir.path());
+        std::fs::create_dir_all(&ck).unwrap();
+        for e in 8..=12 {
+            let w = checkpoint::epoch_path(dir.path(), e);
+            std::fs::write(&w, b"x").unwrap();
+            std::fs::write(checkpoint::companion(&w, "ema"), b"x").unwrap();
+            std::fs::write(checkpoint::companion(&w, "state"), b"x").unwrap();
+        }
+        std::fs::write(checkpoint::latest_path(dir.path()), b"x").unwrap();
+        std::fs::write(ck.join("notes.txt"), b"x").unwrap();
+        checkpoint::rotate(dir.path(), keep).unwrap();
+        let mut left: Vec<String> =
+            std::fs::read_dir(&ck).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        let mut want: Vec<String> = (13 - keep as i64..=12)
+            .flat_map(|e| ["safetensors", "ema.safetensors", "state.safetensors"].map(|x| format!("epoch-{e:04}.{x}")))
+            .collect();
+        want.extend(["latest.safetensors".to_string(), "notes.txt".to_string()]);
+        want.sort();
+        assert_eq!(left, want, "keep {keep}");
     }
-    std::fs::write(checkpoint::latest_path(dir.path()), b"x").unwrap();
-    checkpoint::rotate(dir.path(), 2).unwrap();
-    let mut left: Vec<String> =
-        std::fs::read_dir(&ck).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    left.sort();
-    assert_eq!(left, vec!["epoch-0004.safetensors", "epoch-0005.safetensors", "latest.safetensors"]);
 }

@@ -4,9 +4,10 @@ MSE, torch.optim.Adam at 1e-3. Writes the final raw weights as safetensors, whic
 and `ddpm eval --checkpoint` read (the network is taken from the config).
 
 usage: train_demo.py --data DIR --out WEIGHTS.safetensors [--seed S] [--epochs E] [--threads N]
-                     [--keep-epochs K]
+                     [--keep-epochs K] [--channels-last]
 
---keep-epochs K also writes the raw weights at the end of each of the last K epochs, beside OUT
+--channels-last runs the convolutions in the channels-last memory format (same arithmetic up to
+float rounding; faster on some CPUs). --keep-epochs K also writes the raw weights at the end of each of the last K epochs, beside OUT
 as OUT-stem.epoch-NNNN.safetensors (as `ddpm train` keeps its last epochs).
 """
 
@@ -42,6 +43,7 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--keep-epochs", type=int, default=0)
+    ap.add_argument("--channels-last", action="store_true")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -49,12 +51,14 @@ def main():
     # ToTensor, then the demo's (x - 0.5) * 2.
     xs = (read_idx_images(a.data).float() / 255 - 0.5) * 2
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xs), batch_size=a.batch_size, shuffle=True)
-    net = UNet(1000, tuple(xs.shape[1:]))
+    fmt = torch.channels_last if a.channels_last else torch.contiguous_format
+    net = UNet(1000, tuple(xs.shape[1:])).to(memory_format=fmt)
     ddpm = DDPM("cpu")
     opt = torch.optim.Adam(net.parameters(), a.lr)
     for epoch in range(a.epochs):
         t0, total, n = time.perf_counter(), 0.0, 0
         for (x,) in loader:
+            x = x.contiguous(memory_format=fmt)
             t = torch.randint(0, 1000, (x.shape[0],))
             eps = torch.randn_like(x)
             loss = F.mse_loss(net(ddpm.sample_forward(x, t, eps), t), eps)

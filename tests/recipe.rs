@@ -1,0 +1,181 @@
+//! The training-recipe options do what they say, read off the trajectory that `ddpm train`
+//! records with `DDPM_TRACE_DIR`: label dropout, horizontal flips, gradient clipping; dropout
+//! only while training; and `ddpm sample` draws with the EMA weights.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tch::{nn, Device, Kind, Tensor};
+
+/// Trains `steps` steps of the tiny config with `sets`, tracing every step; returns the trace
+/// folder.
+fn traced_run(dir: &Path, steps: i64, sets: &[&str]) -> PathBuf {
+    common::write_tiny_mnist(&dir.join("data"), 64);
+    let cfg = common::tiny_config(dir);
+    let trace = dir.join("trace");
+    let all: Vec<String> = (1..=steps).map(|s| s.to_string()).collect();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ddpm"));
+    cmd.args(["train", "--config", cfg.to_str().unwrap(), "--max-steps", &steps.to_string()])
+        .args(["--set", "train.grid_samples=0", "--set", "train.n_epochs=100"])
+        .env("DDPM_TRACE_DIR", &trace)
+        .env("DDPM_TRACE_WEIGHTS", all.join(","));
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    trace
+}
+
+fn inputs(trace: &Path, step: i64) -> std::collections::HashMap<String, Tensor> {
+    Tensor::read_safetensors(trace.join(format!("inputs-{step:06}.safetensors"))).unwrap().into_iter().collect()
+}
+
+/// Label dropout replaces a `cond_drop_prob` share of the labels by the null class (index
+/// `num_classes`) and leaves the others as the dataset's; 0 drops none.
+#[test]
+fn label_dropout_sends_the_asked_share_to_the_null_class() {
+    for (p, lo, hi) in [(0.5, 0.4, 0.6), (0.0, 0.0, 0.0)] {
+        let dir = tempfile::tempdir().unwrap();
+        let trace = traced_run(dir.path(), 20, &["network.num_classes=2", &format!("train.cond_drop_prob={p}")]);
+        let (mut null, mut total) = (0, 0);
+        for step in 1..=20 {
+            let inp = inputs(&trace, step);
+            let y = Vec::<i64>::try_from(&inp["labels"]).unwrap();
+            let idx = Vec::<i64>::try_from(&inp["idx"]).unwrap();
+            for (y, i) in y.iter().zip(&idx) {
+                total += 1;
+                if *y == 2 {
+                    null += 1;
+                } else {
+                    assert_eq!(*y, i % 2, "a kept label differs from the dataset's");
+                }
+            }
+        }
+        let share = null as f64 / total as f64;
+        assert!(share >= lo && share <= hi, "cond_drop_prob {p}: {null} of {total} labels dropped");
+    }
+}
+
+/// With `hflip`, each training image is the dataset's image or its mirror, and about half of
+/// the images that a mirror changes are mirrored; without it none is.
+#[test]
+fn hflip_mirrors_about_half_of_the_images() {
+    for (hflip, lo, hi) in [(true, 0.35, 0.65), (false, 0.0, 0.0)] {
+        let dir = tempfile::tempdir().unwrap();
+        let trace = traced_run(dir.path(), 20, &[&format!("train.hflip={hflip}")]);
+        let data = ddpm::data::load(
+            &ddpm::config::DatasetConfig { name: "mnist".into(), root: dir.path().join("data"), download: false },
+            ddpm::data::Split::Train,
+        )
+        .unwrap();
+        let (mut mirrored, mut asymmetric) = (0, 0);
+        for step in 1..=20 {
+            let inp = inputs(&trace, step);
+            let want = data.batch(&inp["idx"], Device::Cpu);
+            let got = &inp["x0"];
+            for i in 0..got.size()[0] {
+                let (g, w) = (got.get(i), want.get(i));
+                let m = w.flip([2]);
+                let same = g.equal(&w);
+                assert!(same || g.equal(&m), "step {step}, image {i} is neither the image nor its mirror");
+                if !w.equal(&m) {
+                    asymmetric += 1;
+                    mirrored += (!same) as i32;
+                }
+            }
+        }
+        let share = mirrored as f64 / asymmetric as f64;
+        assert!(share >= lo && share <= hi, "hflip {hflip}: {mirrored} of {asymmetric} mirrored");
+    }
+}
+
+/// Global L2 norm of the gradients ddpm stepped with at `step`.
+fn grad_norm(trace: &Path, step: i64) -> f64 {
+    let t = common::tensors(&trace.join(format!("after-{step:06}.safetensors")));
+    t.iter()
+        .filter(|(k, _)| k.starts_with("grad."))
+        .flat_map(|(_, v)| v.iter())
+        .map(|x| (*x as f64).powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// `grad_clip` caps the global gradient norm the optimizer sees; unclipped it is far above.
+#[test]
+fn grad_clip_caps_the_global_gradient_norm() {
+    let dir = tempfile::tempdir().unwrap();
+    let clipped = traced_run(dir.path(), 5, &["train.grad_clip=0.01"]);
+    let dir2 = tempfile::tempdir().unwrap();
+    let free = traced_run(dir2.path(), 5, &[]);
+    for step in 1..=5 {
+        let (c, f) = (grad_norm(&clipped, step), grad_norm(&free, step));
+        assert!(c <= 0.01 * (1.0 + 1e-4) && c > 0.009, "step {step}: clipped norm {c}");
+        if step == 1 {
+            assert!(f > 0.1, "step 1: unclipped norm {f}");
+        }
+    }
+}
+
+/// Dropout acts while training and not while sampling.
+#[test]
+fn unet_dropout_only_in_training() {
+    let _rng = common::rng_lock();
+    tch::manual_seed(4);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = ddpm::config::NetworkConfig {
+        kind: ddpm::config::NetworkKind::Unet,
+        base_channels: 8,
+        channel_mults: vec![1, 2],
+        num_res_blocks: 1,
+        attn_resolutions: vec![],
+        dropout: 0.5,
+        groups: 4,
+        ..Default::default()
+    };
+    let net = ddpm::model::build(&vs, &cfg, [1, 12, 12], 100);
+    // The paper's init zeroes the residual branches' ends: give every weight a value.
+    tch::no_grad(|| {
+        for (_, mut v) in vs.variables() {
+            let r = v.randn_like() * 0.2;
+            v.copy_(&r);
+        }
+    });
+    let xs = Tensor::randn([2, 1, 12, 12], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[3i64, 70]);
+    let run = || tch::no_grad(|| net.forward(&xs, &t, None));
+    assert!(run().equal(&run()), "sampling mode is not deterministic");
+    net.set_training(true);
+    let (a, b) = (run(), run());
+    net.set_training(false);
+    assert!(!a.equal(&b), "dropout did nothing in training mode");
+    assert!(run().equal(&run()));
+}
+
+/// `ddpm sample` draws with `latest.ema.safetensors` when it exists (unless --no-ema): with the
+/// EMA file replaced by the raw weights, the default sample equals the --no-ema one.
+#[test]
+fn sample_uses_the_ema_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    common::write_tiny_mnist(&d.join("data"), 64);
+    let cfg = common::tiny_config(d);
+    let c = cfg.to_str().unwrap();
+    let o = common::ddpm(d, &["train", "--config", c, "--set", "train.grid_samples=0"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let draw = |name: &str, extra: &[&str]| -> Tensor {
+        let path = d.join(name);
+        let mut args = vec!["sample", "--config", c, "--save-tensor", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let o = common::ddpm(d, &args);
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        Tensor::read_safetensors(&path).unwrap().remove(0).1
+    };
+    let ema = draw("ema.safetensors", &[]);
+    let raw = draw("raw.safetensors", &["--no-ema"]);
+    assert!(!ema.equal(&raw), "EMA and raw weights gave the same samples");
+    let ck = d.join("run/checkpoints");
+    std::fs::copy(ck.join("latest.safetensors"), ck.join("latest.ema.safetensors")).unwrap();
+    assert!(draw("swapped.safetensors", &[]).equal(&raw), "sample did not read latest.ema.safetensors");
+}
