@@ -17,7 +17,6 @@ import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from demo_unet import DDPM, UNet  # noqa: E402
@@ -42,13 +41,7 @@ def bench_variant(name, repeats):
     model = torch.compile(net) if name == "compile" else net
 
     def step(x):
-        t = torch.randint(0, 1000, (x.shape[0],))
-        eps = torch.randn_like(x)
-        loss = F.mse_loss(model(ddpm.sample_forward(x, t, eps), t), eps)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.item()
+        return ddpm.train_step(model, opt, x).item()
 
     out = {"train": []}
     for batch in (128, 512):
@@ -102,12 +95,7 @@ def bench_epoch(data_dir, steps):
     t0 = time.perf_counter()
     n = 0
     for x, _ in loader:
-        t = torch.randint(0, 1000, (x.shape[0],))
-        eps = torch.randn_like(x)
-        loss = F.mse_loss(net(ddpm.sample_forward(x, t, eps), t), eps)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        ddpm.train_step(net, opt, x)
         n += 1
         if n == steps:
             break

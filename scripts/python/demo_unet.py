@@ -2,9 +2,22 @@
 reference that `ddpm` must match (parameter names, shapes, outputs) and the baseline that the
 benchmark compares against. Run with the project's venv: `.venv/bin/python`."""
 
+import gzip
+import os
+
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+def read_idx_images(folder, split="train"):
+    """The IDX image file of a split (`train` or `t10k`) in `folder`, gzipped or not, as
+    uint8 [N, 1, rows, cols]."""
+    p = os.path.join(folder, f"{split}-images-idx3-ubyte")
+    raw = open(p, "rb").read() if os.path.exists(p) else gzip.open(p + ".gz").read()
+    n, r, c = (int.from_bytes(raw[i : i + 4], "big") for i in (4, 8, 12))
+    return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=16).copy()).view(n, 1, r, c)
 
 
 class PositionalEncoding(nn.Module):
@@ -107,6 +120,20 @@ class DDPM:
     def sample_forward(self, x, t, eps):
         ab = self.alpha_bars[t].reshape(-1, 1, 1, 1)
         return eps * torch.sqrt(1 - ab) + torch.sqrt(ab) * x
+
+    def loss(self, net, x0, t, eps):
+        """The training loss: MSE between the noise and the network's prediction of it."""
+        return F.mse_loss(net(self.sample_forward(x0, t, eps), t), eps)
+
+    def train_step(self, net, opt, x0):
+        """One step of the demo's loop: t ~ U{0..n_steps-1}, eps ~ N(0, 1), Adam. Returns the loss."""
+        t = torch.randint(0, len(self.betas), (x0.shape[0],), device=x0.device)
+        eps = torch.randn_like(x0)
+        loss = self.loss(net, x0, t, eps)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
 
     def sample_backward_step(self, net, x_t, t, simple_var=True):
         """One reverse step of the demo's sampler (t is a Python int)."""

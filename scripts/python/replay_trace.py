@@ -24,25 +24,15 @@ usage: replay_trace.py TRACE_DIR DATA_DIR [--lr 1e-3] [--json OUT]
 
 import argparse
 import glob
-import gzip
 import json
 import os
 import sys
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from demo_unet import DDPM, UNet  # noqa: E402
-
-
-def read_idx_images(d):
-    p = os.path.join(d, "train-images-idx3-ubyte")
-    raw = open(p, "rb").read() if os.path.exists(p) else gzip.open(p + ".gz").read()
-    n, r, c = (int.from_bytes(raw[i : i + 4], "big") for i in (4, 8, 12))
-    return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=16).copy()).view(n, 1, r, c)
+from demo_unet import DDPM, UNet, read_idx_images  # noqa: E402
 
 
 def rel(a, b):
@@ -100,8 +90,7 @@ class Replay:
         inp = load_file(self.path("inputs", step))
         x0 = self.images[inp["idx"]].float() / 127.5 - 1
         noise = inp["noise"].contiguous()
-        x_t = self.ddpm.sample_forward(x0, inp["t"], noise).contiguous(memory_format=fmt)
-        return F.mse_loss(net(x_t, inp["t"]), noise)
+        return self.ddpm.loss(net, x0.contiguous(memory_format=fmt), inp["t"], noise)
 
     def one_step(self, step):
         before = self.state_before(step)

@@ -12,25 +12,15 @@ as OUT-stem.epoch-NNNN.safetensors (as `ddpm train` keeps its last epochs).
 """
 
 import argparse
-import gzip
 import os
 import sys
 import time
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from demo_unet import DDPM, UNet  # noqa: E402
-
-
-def read_idx_images(d):
-    p = os.path.join(d, "train-images-idx3-ubyte")
-    raw = open(p, "rb").read() if os.path.exists(p) else gzip.open(p + ".gz").read()
-    n, r, c = (int.from_bytes(raw[i : i + 4], "big") for i in (4, 8, 12))
-    return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=16).copy()).view(n, 1, r, c)
+from demo_unet import DDPM, UNet, read_idx_images  # noqa: E402
 
 
 def main():
@@ -59,12 +49,7 @@ def main():
         t0, total, n = time.perf_counter(), 0.0, 0
         for (x,) in loader:
             x = x.contiguous(memory_format=fmt)
-            t = torch.randint(0, 1000, (x.shape[0],))
-            eps = torch.randn_like(x)
-            loss = F.mse_loss(net(ddpm.sample_forward(x, t, eps), t), eps)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            loss = ddpm.train_step(net, opt, x)
             total += loss.item() * x.shape[0]
             n += x.shape[0]
         print(f"epoch {epoch + 1}/{a.epochs}: loss {total / n:.5f}, {time.perf_counter() - t0:.1f} s", flush=True)
