@@ -91,6 +91,15 @@ pub fn save(vs: &nn::VarStore, info: &ModelInfo, path: &Path) -> Result<()> {
 
 /// Writes named tensors (as f32 unless they are i64) with string metadata, atomically.
 pub fn save_tensors(tensors: &BTreeMap<String, Tensor>, metadata: HashMap<String, String>, path: &Path) -> Result<()> {
+    let data = serialize_tensors(tensors, metadata).with_context(|| format!("serialising {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    write_atomic(path, &data).with_context(|| format!("saving checkpoint {}", path.display()))
+}
+
+/// The safetensors bytes of named tensors (f32 unless they are i64) with string metadata.
+pub fn serialize_tensors(tensors: &BTreeMap<String, Tensor>, metadata: HashMap<String, String>) -> Result<Vec<u8>> {
     let mut buffers = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let (kind, dtype, width) =
@@ -104,12 +113,7 @@ pub fn save_tensors(tensors: &BTreeMap<String, Tensor>, metadata: HashMap<String
         .iter()
         .map(|(n, dtype, shape, bytes)| Ok((n.clone(), TensorView::new(*dtype, shape.clone(), bytes)?)))
         .collect::<Result<_>>()?;
-    let data =
-        safetensors::serialize(views, &Some(metadata)).with_context(|| format!("serialising {}", path.display()))?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    write_atomic(path, &data).with_context(|| format!("saving checkpoint {}", path.display()))
+    Ok(safetensors::serialize(views, &Some(metadata))?)
 }
 
 /// The file beside a checkpoint that holds its EMA weights (`latest.ema.safetensors`) or its

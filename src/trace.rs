@@ -44,8 +44,11 @@ impl Trace {
         }
     }
 
+    /// A plain write: a trace is a diagnostic record, not worth an fsync per step.
     fn write(&self, name: String, tensors: BTreeMap<String, Tensor>) -> Result<()> {
-        checkpoint::save_tensors(&tensors, HashMap::new(), &self.dir.join(name))
+        let path = self.dir.join(name);
+        let bytes = checkpoint::serialize_tensors(&tensors, HashMap::new())?;
+        std::fs::write(&path, bytes).with_context(|| format!("DDPM_TRACE_DIR: writing {}", path.display()))
     }
 
     /// The weights before the first recorded step.
