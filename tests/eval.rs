@@ -91,7 +91,6 @@ fn eval_command_scores_saved_samples_beside_the_real_reference() {
     std::fs::copy(m.join("train-images-idx3-ubyte"), m.join("t10k-images-idx3-ubyte")).unwrap();
     std::fs::copy(m.join("train-labels-idx1-ubyte"), m.join("t10k-labels-idx1-ubyte")).unwrap();
     let cfg = common::tiny_config(d);
-    let samples = d.join("s.safetensors");
     let xs = ddpm::data::to_signed_unit(
         &ddpm::data::load(
             &ddpm::config::DatasetConfig { name: "mnist".into(), root: d.join("data"), download: false },
@@ -101,26 +100,18 @@ fn eval_command_scores_saved_samples_beside_the_real_reference() {
         .images
         .narrow(0, 0, 16),
     );
-    Tensor::write_safetensors(&[("samples", &xs)], &samples).unwrap();
-    let json = d.join("eval.json");
-    let o = common::ddpm(
-        d,
-        &[
-            "eval",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--samples",
-            samples.to_str().unwrap(),
-            "--n",
-            "16",
-            "--json",
-            json.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let table = String::from_utf8_lossy(&o.stdout);
+    // `ddpm eval --samples` of a tensor: its table and its JSON result.
+    let eval = |name: &str, xs: &Tensor| -> (String, serde_json::Value) {
+        let (samples, json) = (d.join(format!("{name}.safetensors")), d.join(format!("{name}.json")));
+        Tensor::write_safetensors(&[("samples", xs)], &samples).unwrap();
+        let (c, s, j) = (cfg.to_str().unwrap(), samples.to_str().unwrap(), json.to_str().unwrap());
+        let o = common::ddpm(d, &["eval", "--config", c, "--samples", s, "--n", "16", "--json", j]);
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        let r = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        (String::from_utf8_lossy(&o.stdout).into_owned(), r)
+    };
+    let (table, r) = eval("real", &xs);
     assert!(table.contains("Frechet distance") && table.contains("real vs real"), "{table}");
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     for k in [
         "frechet_distance",
         "frechet_distance_real",
@@ -137,32 +128,14 @@ fn eval_command_scores_saved_samples_beside_the_real_reference() {
     let (fd, fd_real) = (r["frechet_distance"].as_f64().unwrap(), r["frechet_distance_real"].as_f64().unwrap());
     assert!(fd < 1e-2 && fd_real > 0.1, "identical sets {fd}, real vs real {fd_real}");
     // Uniform noise in [-1, 1] is far from bars.
-    let noise = d.join("noise.safetensors");
-    let xs = Tensor::rand([16, 1, 28, 28], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
-    Tensor::write_safetensors(&[("samples", &xs)], &noise).unwrap();
-    let o = common::ddpm(
-        d,
-        &[
-            "eval",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--samples",
-            noise.to_str().unwrap(),
-            "--n",
-            "16",
-            "--json",
-            json.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (_, r) = eval("noise", &(Tensor::rand([16, 1, 28, 28], (Kind::Float, Device::Cpu)) * 2.0 - 1.0));
     let fd_noise = r["frechet_distance"].as_f64().unwrap();
     assert!(fd_noise > 10.0 * fd_real, "noise {fd_noise}, real vs real {fd_real}");
     assert!(d.join("data/ddpm-classifier-mnist.safetensors").exists(), "the classifier is cached beside the data");
-    let o = common::ddpm(
-        d,
-        &["eval", "--config", cfg.to_str().unwrap(), "--samples", samples.to_str().unwrap(), "--n", "40"],
-    );
+    // 16 saved samples cannot give 40.
+    let real = d.join("real.safetensors");
+    let o =
+        common::ddpm(d, &["eval", "--config", cfg.to_str().unwrap(), "--samples", real.to_str().unwrap(), "--n", "40"]);
     assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
 }
 
