@@ -5,6 +5,19 @@
 use std::collections::BTreeMap;
 use tch::{nn, Tensor};
 
+extern "C" {
+    // csrc/ops.cpp
+    fn ddpm_tensor_reset_grad(t: *mut torch_sys::C_tensor) -> std::os::raw::c_int;
+}
+
+/// Drops the gradient of `t` (PyTorch's `param.grad = None`): it becomes undefined, so a
+/// backward assigns a fresh one and an optimizer skips a parameter that got none.
+pub fn reset_grad(t: &Tensor) {
+    unsafe {
+        ddpm_tensor_reset_grad(t.as_ptr() as *mut torch_sys::C_tensor);
+    }
+}
+
 /// Hyper-parameters.
 #[derive(Debug, Clone, Copy)]
 pub struct AdamConfig {
@@ -46,7 +59,7 @@ impl Adam {
     /// zeroed gradient would still let the moments move it.
     pub fn zero_grad(&mut self) {
         for (_, p) in &self.params {
-            crate::precision::reset_grad(p);
+            reset_grad(p);
         }
     }
 

@@ -13,7 +13,6 @@ mod ffi {
         pub fn ddpm_autocast_set_dtype(cuda: c_int, dtype: c_int) -> c_int;
         pub fn ddpm_autocast_get_dtype(cuda: c_int) -> c_int;
         pub fn ddpm_autocast_set_enabled(cuda: c_int, enabled: c_int) -> c_int;
-        pub fn ddpm_tensor_reset_grad(t: *mut torch_sys::C_tensor) -> c_int;
         pub fn ddpm_mkldnn_bf16_supported() -> c_int;
     }
 }
@@ -46,17 +45,16 @@ pub fn set_autocast_dtype(cuda: bool, kind: Kind) -> Result<()> {
     Ok(())
 }
 
+/// Whether `cfg` trains under bf16 autocast on `device`: on CUDA, and on CPUs whose oneDNN
+/// runs bf16 (elsewhere training falls back to fp32 with a warning).
+pub fn bf16_autocast(cfg: &crate::config::Config, device: Device) -> bool {
+    cfg.train.precision.eq_ignore_ascii_case("bf16") && (device.is_cuda() || cpu_supports_bf16())
+}
+
 /// Whether oneDNN runs bf16 on this CPU (what `torch.ops.mkldnn._is_mkldnn_bf16_supported()`
 /// answers in PyTorch).
 pub fn cpu_supports_bf16() -> bool {
     unsafe { ffi::ddpm_mkldnn_bf16_supported() == 1 }
-}
-
-/// Drops the gradient of `t` (PyTorch's `param.grad = None`).
-pub fn reset_grad(t: &tch::Tensor) {
-    unsafe {
-        ffi::ddpm_tensor_reset_grad(t.as_ptr() as *mut torch_sys::C_tensor);
-    }
 }
 
 /// Runs `f` under bfloat16 autocast on `device`'s type (CPU or CUDA), then restores the

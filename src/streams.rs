@@ -33,8 +33,12 @@ pub struct Streams {
 }
 
 /// How many streams `cfg` asks for on `device` (`streams: 0` = two on a CPU with at least
-/// two threads when nothing in the network draws random numbers, else one).
+/// two threads when nothing in the network draws random numbers, else one). bf16 autocast on
+/// the CPU always runs in one stream: autocast is per thread, and the worker would run fp32.
 pub fn wanted(cfg: &Config, device: Device, distributed: bool) -> usize {
+    if device == Device::Cpu && crate::precision::bf16_autocast(cfg, device) {
+        return 1;
+    }
     let threads =
         if cfg.threads > 0 { cfg.threads } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
     let dropout = matches!(cfg.network.kind, crate::config::NetworkKind::Unet) && cfg.network.dropout > 0.0;
@@ -80,7 +84,7 @@ impl Streams {
             let _ = ready_tx.send(Ok(()));
             for job in job_rx {
                 for p in &params {
-                    crate::precision::reset_grad(p);
+                    crate::optim::reset_grad(p);
                 }
                 net.set_training(true);
                 let loss = net.forward(&job.x_t, &job.t, job.labels.as_ref()).mse_loss(&job.noise, Reduction::Mean);

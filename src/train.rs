@@ -757,13 +757,12 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<TrainSummary> {
         crate::precision::set_autocast_dtype(true, Kind::BFloat16)?;
         crate::precision::set_autocast_dtype(false, Kind::BFloat16)?;
     }
-    let cpu_bf16 = crate::precision::cpu_supports_bf16();
-    if bf16 && !device.is_cuda() && !cpu_bf16 {
+    if bf16 && !crate::precision::bf16_autocast(cfg, device) {
         tracing::warn!(
             "train.precision bf16: oneDNN has no bf16 support on this CPU (it needs AVX512-BF16 or AMX); this run trains in fp32"
         );
     }
-    let bf16 = bf16 && (device.is_cuda() || cpu_bf16);
+    let bf16 = crate::precision::bf16_autocast(cfg, device);
     let mut info = ModelInfo::from_config(cfg);
     info.class_names = dataset.class_names.clone();
     let mut trainer = Trainer {
@@ -787,9 +786,7 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<TrainSummary> {
         streams: None,
         trace: crate::trace::Trace::from_env()?,
     };
-    // Autocast is per thread: bf16 on the CPU runs in one stream.
-    let cpu_autocast = bf16 && !device.is_cuda();
-    if crate::streams::wanted(cfg, device, trainer.dist.is_some()) == 2 && !cpu_autocast {
+    if crate::streams::wanted(cfg, device, trainer.dist.is_some()) == 2 {
         let params = crate::model::trainable_sorted(&trainer.vs).into_iter().map(|(_, t)| t).collect();
         trainer.streams = Some((crate::streams::Streams::new(cfg, shape, &trainer.vs)?, params));
         tracing::info!(

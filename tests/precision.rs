@@ -32,6 +32,19 @@ fn bf16_training_sets_the_cuda_autocast_dtype_to_bfloat16() {
     println!("oneDNN bf16 on this CPU: {}", precision::cpu_supports_bf16());
 }
 
+/// bf16 on a CPU with oneDNN bf16 runs in one compute stream even when two are asked for
+/// (autocast is per thread); fp32 keeps the two.
+#[test]
+fn cpu_bf16_trains_in_one_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::tiny_config(dir.path());
+    let set = |k: &str, v: &str| (k.to_string(), v.to_string());
+    for (precision, want) in [("bf16", if precision::cpu_supports_bf16() { 1 } else { 2 }), ("fp32", 2)] {
+        let cfg = Config::load(&path, &[set("streams", "2"), set("train.precision", precision)]).unwrap();
+        assert_eq!(ddpm::streams::wanted(&cfg, Device::Cpu, false), want, "{precision}");
+    }
+}
+
 /// Under bf16 autocast a convolution computes in bfloat16, on the CPU as on CUDA; outside it,
 /// in float32 again.
 #[test]
