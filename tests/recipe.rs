@@ -179,3 +179,45 @@ fn sample_uses_the_ema_weights() {
     std::fs::copy(ck.join("latest.safetensors"), ck.join("latest.ema.safetensors")).unwrap();
     assert!(draw("swapped.safetensors", &[]).equal(&raw), "sample did not read latest.ema.safetensors");
 }
+
+/// Guidance asked of a conditional model trained with `cond_drop_prob: 0` warns that its
+/// null class was never trained; with label dropout it does not.
+#[test]
+fn guidance_on_a_model_without_label_dropout_warns() {
+    for (p, warns) in [("0", true), ("0.2", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        common::write_tiny_mnist(&d.join("data"), 32);
+        let cfg = common::tiny_config(d);
+        let c = cfg.to_str().unwrap();
+        let sets = ["--set", "network.num_classes=2", "--set", &format!("train.cond_drop_prob={p}")];
+        let mut args = vec!["train", "--config", c, "--max-steps", "2", "--set", "train.grid_samples=0"];
+        args.extend_from_slice(&sets);
+        let o = common::ddpm(d, &args);
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        let mut args = vec!["sample", "--config", c, "--label", "1", "--guidance", "3", "--set", "sample.n_samples=2"];
+        args.extend_from_slice(&sets);
+        let o = common::ddpm(d, &args);
+        let e = common::stderr(&o);
+        assert!(o.status.success(), "{e}");
+        assert_eq!(e.contains("cond_drop_prob 0") && e.contains("--guidance 1"), warns, "cond_drop_prob {p}: {e}");
+    }
+}
+
+/// A bad `DDPM_TRACE_WEIGHTS` stops the run before training with a message naming it.
+#[test]
+fn bad_trace_weights_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_mnist(&dir.path().join("data"), 32);
+    let cfg = common::tiny_config(dir.path());
+    let o = Command::new(env!("CARGO_BIN_EXE_ddpm"))
+        .args(["train", "--config", cfg.to_str().unwrap()])
+        .env("DDPM_TRACE_DIR", dir.path().join("trace"))
+        .env("DDPM_TRACE_WEIGHTS", "1,ten")
+        .output()
+        .unwrap();
+    let e = common::stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("DDPM_TRACE_WEIGHTS=\"1,ten\""), "{e}");
+    assert!(!dir.path().join("run/checkpoints/latest.safetensors").exists(), "it trained anyway");
+}
