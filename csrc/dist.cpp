@@ -1,6 +1,6 @@
 // A thin C interface to libtorch's c10d engine for data-parallel training: a TCPStore
-// rendezvous, a gloo (CPU) or NCCL (CUDA) process group, bucketed all-reduce, broadcast and
-// barrier. Tensors arrive as tch's `at::Tensor*` handles. Every C++ exception stops here and
+// rendezvous, a gloo (CPU) or NCCL (CUDA) process group, bucketed all-reduce and broadcast.
+// Tensors arrive as tch's `at::Tensor*` handles. Every C++ exception stops here and
 // comes back as a non-zero return value with its message in `err`.
 
 #include <ATen/ATen.h>
@@ -97,16 +97,6 @@ void unflatten(const at::Tensor& flat, std::vector<at::Tensor>& ts) {
 
 extern "C" {
 
-// 1 when this build can make a process group for `backend` ("gloo" or "nccl").
-int ddpm_dist_has_backend(const char* backend) {
-  std::string b = backend;
-  if (b == "gloo") return 1;
-#ifdef DDPM_WITH_NCCL
-  if (b == "nccl") return 1;
-#endif
-  return 0;
-}
-
 // Rendezvous through a TCPStore at host:port (rank 0 serves it) and make the process group.
 void* ddpm_dist_new(const char* backend, const char* host, int port, int rank, int world, int64_t timeout_ms,
                     char* err, size_t errlen) {
@@ -177,13 +167,6 @@ int ddpm_dist_broadcast(void* handle, at::Tensor** ts, int n, int root, int64_t 
       g->backend->broadcast(flat, opts)->wait();
       if (g->rank != root) unflatten(flat[0], bucket);
     }
-  });
-}
-
-int ddpm_dist_barrier(void* handle, char* err, size_t errlen) {
-  return guarded(err, errlen, [&] {
-    auto* g = static_cast<Group*>(handle);
-    g->backend->barrier()->wait();
   });
 }
 

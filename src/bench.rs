@@ -3,17 +3,17 @@
 //! for the configured network and dataset shape. Warm-up first, medians over repeats.
 
 use crate::config::Config;
-use crate::data::{self, Split};
+use crate::data::{self, ImageDataset, Split};
+use crate::device;
 use crate::diffusion::ddim::Spacing;
-use crate::diffusion::ddpm::SampleOptions;
-use crate::diffusion::sampler::{self, Sampler, SamplerConfig};
-use crate::diffusion::{Ddpm, Schedule};
-use crate::optim::{Adam, AdamConfig};
-use crate::{device, model};
+use crate::diffusion::ddpm::StepOptions;
+use crate::diffusion::sampler::{self, ReverseProcess, Sampler};
+use crate::spec::ModelSpec;
+use crate::train::step::{batch_of, derived_seed, Learner, Shard, SEED_EPOCH, SEED_STEP};
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::time::Instant;
-use tch::{nn, Device, Kind, Reduction, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Results, all in seconds unless named otherwise.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -29,6 +29,8 @@ pub struct BenchResult {
     /// One epoch of the real loop (data preparation included), from `epoch_steps` timed steps.
     pub epoch_sec: Option<f64>,
     pub epoch_steps_timed: i64,
+    /// The losses of those steps: the first steps of `ddpm train` with the same config.
+    pub epoch_losses: Vec<f64>,
     /// One denoising forward at batch 81.
     pub forward81_sec: f64,
     /// 81 samples with DDPM over all n_steps (measured per step, times n_steps).
@@ -62,106 +64,70 @@ pub fn peak_rss_mib() -> f64 {
 }
 
 /// Runs the benchmark; `epoch_steps = 0` skips the epoch measurement, `sampling = false` the
-/// sampling ones (reported as NaN).
+/// sampling ones (reported as NaN). The training step is `ddpm train`'s own
+/// ([`crate::train::step::Learner`]): the configured recipe, streams and precision.
 pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], sampling: bool) -> Result<BenchResult> {
     if cfg.threads > 0 {
         tch::set_num_threads(cfg.threads as i32);
     }
     let device = device::resolve(&cfg.device)?;
-    let shape = cfg.dataset_name().image_shape();
-    let [c, h, w] = shape;
-    tch::manual_seed(cfg.seed as i64);
-    let vs = nn::VarStore::new(device);
-    let net = model::build(&vs, &cfg.network, shape, cfg.ddpm.n_steps);
-    let cl = cfg.channels_last;
-    let fmt = |x: Tensor| if cl { model::channels_last(&x) } else { x };
-    if cl {
-        model::vs_to_channels_last(&vs);
-    }
-    let ddpm = Ddpm::new(Schedule::linear(cfg.ddpm.n_steps, cfg.ddpm.min_beta, cfg.ddpm.max_beta), device);
-    let mut opt = Adam::new(&vs, cfg.train.lr, AdamConfig::default());
-    // The training step of `ddpm train`, two compute streams included when configured.
-    let streams = match crate::streams::wanted(cfg, device, false) {
-        2 => Some(crate::streams::Streams::new(cfg, shape, &vs)?),
-        _ => None,
-    };
-    let params: Vec<Tensor> = crate::model::trainable_sorted(&vs).into_iter().map(|(_, t)| t).collect();
-    let mut step = |x0: &Tensor| -> Result<Tensor> {
-        let n = x0.size()[0];
-        let t = Tensor::randint(cfg.ddpm.n_steps, [n], (Kind::Int64, device));
-        let noise = x0.randn_like();
-        let x_t = ddpm.add_noise(x0, &noise, &t);
-        match &streams {
-            Some(s) => {
-                opt.zero_grad();
-                let loss = s.forward_backward(net.as_ref(), &params, &x_t, &t, None, &noise)?;
-                opt.step();
-                Ok(loss)
-            }
-            None => {
-                let loss = net.forward(&x_t, &t, None).mse_loss(&noise, Reduction::Mean);
-                opt.backward_step(&loss);
-                Ok(loss)
-            }
-        }
-    };
+    let spec = ModelSpec::from_config(cfg);
+    let [c, h, w] = spec.image_shape;
+    let classes = cfg.network.num_classes().max(1);
 
+    let mut learner = Learner::new(cfg, &spec, device, false)?;
+    let streams = learner.streams();
     let mut train = Vec::new();
     for &batch in batches {
-        let x0 = fmt(Tensor::rand([batch, c, h, w], (Kind::Float, device)) * 2.0 - 1.0);
-        for _ in 0..2 {
-            let _ = step(&x0)?;
+        let x0 = Tensor::rand([batch, c, h, w], (Kind::Float, device)) * 2.0 - 1.0;
+        let labels = Tensor::randint(classes, [batch], (Kind::Int64, device));
+        let mut step = |i: i64| -> Result<Tensor> {
+            let inp =
+                learner.inputs(x0.shallow_clone(), &labels, Shard::whole(batch), derived_seed(cfg.seed, SEED_STEP, i));
+            learner.step(&inp, i, None)
+        };
+        for i in 0..2 {
+            let _ = step(i)?;
         }
         sync(device);
         let mut times = Vec::new();
-        for _ in 0..repeats {
+        for i in 0..repeats as i64 {
             let t0 = Instant::now();
-            let _ = step(&x0)?.double_value(&[]);
+            let _ = step(2 + i)?.double_value(&[]);
             times.push(t0.elapsed().as_secs_f64());
         }
         let s = median(times);
         tracing::info!("train step at batch {batch}: {:.3} s, {:.0} images/s", s, batch as f64 / s);
         train.push((batch, s, batch as f64 / s));
     }
+    // Sampling is timed on the trained weights; the EMA copy and the optimizer go.
+    let model = learner.model;
 
-    let epoch_sec = if epoch_steps > 0 {
-        match data::load(&cfg.dataset, Split::Train) {
+    let (epoch_sec, epoch_losses) = match epoch_steps > 0 {
+        true => match data::load(&cfg.dataset, Split::Train) {
             Ok(ds) => {
-                let bs = cfg.train.batch_size;
-                let n = ds.len();
-                let t0 = Instant::now();
-                let perm = Tensor::randperm(n, (Kind::Int64, Device::Cpu));
-                let steps = epoch_steps.min((n + bs - 1) / bs);
-                let mut last = Tensor::zeros([], (Kind::Float, device));
-                for b in 0..steps {
-                    let idx = perm.narrow(0, b * bs, bs.min(n - b * bs));
-                    last = step(&fmt(ds.batch(&idx, device)))?;
-                }
-                let _ = last.double_value(&[]);
-                let per_step = t0.elapsed().as_secs_f64() / steps as f64;
-                let total = per_step * ((n + bs - 1) / bs) as f64;
-                tracing::info!("epoch of {n} images at batch {bs}: {total:.1} s (from {steps} timed steps)");
-                Some(total)
+                let (sec, losses) = time_epoch(cfg, &spec, &ds, device, epoch_steps)?;
+                (Some(sec), losses)
             }
             Err(e) => {
                 tracing::warn!("no epoch measurement: {e:#}");
-                None
+                (None, Vec::new())
             }
-        }
-    } else {
-        None
+        },
+        false => (None, Vec::new()),
     };
 
     let _guard = tch::no_grad_guard();
     let mut result = BenchResult {
         device: device::describe(device),
         threads: tch::get_num_threads(),
-        streams: if streams.is_some() { 2 } else { 1 },
-        network: crate::train::describe_network(&cfg.network),
-        image_shape: shape,
+        streams,
+        network: cfg.network.describe(),
+        image_shape: spec.image_shape,
         train,
         epoch_sec,
         epoch_steps_timed: epoch_steps,
+        epoch_losses,
         forward81_sec: f64::NAN,
         sample_ddpm_sec: f64::NAN,
         sample_ddim50_sec: f64::NAN,
@@ -172,7 +138,8 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
         result.peak_rss_mib = peak_rss_mib();
         return Ok(result);
     }
-    let x = fmt(Tensor::randn([81, c, h, w], (Kind::Float, device)));
+    let (ddpm, net) = (&model.scheduler, &model.net);
+    let x = model.noise(81);
     let t = Tensor::full([81], 500, (Kind::Int64, device));
     for _ in 0..3 {
         let _ = net.forward(&x, &t, None);
@@ -188,7 +155,7 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
         .collect();
     let forward81 = median(fwd);
     // DDPM: time 50 full reverse steps (forward + update), scale to n_steps.
-    let opts = SampleOptions { simple_var: true, clip_x0: false };
+    let opts = StepOptions { simple_var: true, clip_x0: false };
     let probe = 50.min(cfg.ddpm.n_steps as usize);
     let t0 = Instant::now();
     let mut xs = x.copy();
@@ -199,13 +166,13 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
     }
     let _ = xs.double_value(&[0, 0, 0, 0]);
     let sample_ddpm = t0.elapsed().as_secs_f64() / probe as f64 * cfg.ddpm.n_steps as f64;
-    let sc = SamplerConfig {
+    let sc = ReverseProcess {
         sampler: Sampler::Ddim { steps: 50, eta: 0.0, spacing: Spacing::Uniform },
         opts,
         guidance: 1.0,
     };
     let t0 = Instant::now();
-    let out = sampler::sample(net.as_ref(), &ddpm, x.copy(), None, &sc, |_, _, _| {});
+    let out = sampler::sample(net.as_ref(), ddpm, x.copy(), None, &sc, |_, _, _| {});
     let _ = out.double_value(&[0, 0, 0, 0]);
     let sample_ddim = t0.elapsed().as_secs_f64();
     tracing::info!(
@@ -220,6 +187,37 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
     result.sample_ddim50_sec = sample_ddim;
     result.peak_rss_mib = peak_rss_mib();
     Ok(result)
+}
+
+/// Times the first `steps` steps of an epoch of `ddpm train` from a fresh model (data
+/// preparation included) and scales to the whole epoch; returns the seconds and the losses.
+fn time_epoch(
+    cfg: &Config,
+    spec: &ModelSpec,
+    ds: &ImageDataset,
+    device: Device,
+    steps: i64,
+) -> Result<(f64, Vec<f64>)> {
+    let mut learner = Learner::new(cfg, spec, device, false)?;
+    let bs = cfg.train.batch_size;
+    let n = ds.len();
+    let spe = (n + bs - 1) / bs;
+    let steps = steps.min(spe);
+    let t0 = Instant::now();
+    tch::manual_seed(derived_seed(cfg.seed, SEED_EPOCH, 1));
+    let perm = Tensor::randperm(n, (Kind::Int64, Device::Cpu));
+    let mut losses = Vec::new();
+    for b in 0..steps {
+        let idx = perm.narrow(0, b * bs, bs.min(n - b * bs));
+        let shard = Shard::whole(idx.size()[0]);
+        let (x0, labels) = batch_of(ds, &idx, shard, device);
+        let inp = learner.inputs(x0, &labels, shard, derived_seed(cfg.seed, SEED_STEP, b));
+        losses.push(learner.step(&inp, b, None)?);
+    }
+    let losses: Vec<f64> = losses.iter().map(|l| l.double_value(&[])).collect();
+    let total = t0.elapsed().as_secs_f64() / steps as f64 * spe as f64;
+    tracing::info!("epoch of {n} images at batch {bs}: {total:.1} s (from {steps} timed steps)");
+    Ok((total, losses))
 }
 
 /// The result as a Markdown table.

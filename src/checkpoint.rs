@@ -3,8 +3,10 @@
 //!
 //! Python: `safetensors.torch.load_file("latest.safetensors")` gives the demo's `state_dict`.
 
-use crate::config::{Config, DdpmConfig, NetworkConfig};
+use crate::config::Config;
 use crate::fsutil::write_atomic;
+use crate::model::NetworkConfig;
+use crate::spec::{Model, ModelSpec};
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
@@ -16,12 +18,9 @@ pub const FORMAT: &str = "ddpm-rs/1";
 /// What a checkpoint says about the model it holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
-    pub network: NetworkConfig,
-    pub ddpm: DdpmConfig,
-    /// `[C, H, W]`.
-    pub image_shape: [i64; 3],
+    /// Network, schedule, image shape and class names: what rebuilds the model.
+    pub spec: ModelSpec,
     pub dataset: String,
-    pub class_names: Vec<String>,
     /// The share of labels trained as the null class (`train.cond_drop_prob`); None in
     /// checkpoints written before it was recorded. 0 means guidance has no trained
     /// unconditional prediction to work with.
@@ -33,13 +32,9 @@ pub struct ModelInfo {
 impl ModelInfo {
     /// The model described by a configuration, before any training.
     pub fn from_config(cfg: &Config) -> Self {
-        let name = cfg.dataset_name();
         Self {
-            network: cfg.network.clone(),
-            ddpm: cfg.ddpm.clone(),
-            image_shape: name.image_shape(),
-            dataset: name.as_str().to_string(),
-            class_names: crate::data::class_names(name),
+            spec: ModelSpec::from_config(cfg),
+            dataset: cfg.dataset.name.as_str().to_string(),
             cond_drop_prob: Some(cfg.train.cond_drop_prob),
             epoch: 0,
             step: 0,
@@ -50,11 +45,11 @@ impl ModelInfo {
         let j = |v: serde_json::Value| v.to_string();
         HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
-            ("network".to_string(), j(serde_json::to_value(&self.network).unwrap_or_default())),
-            ("ddpm".to_string(), j(serde_json::to_value(&self.ddpm).unwrap_or_default())),
-            ("image_shape".to_string(), j(serde_json::json!(self.image_shape))),
+            ("network".to_string(), j(serde_json::to_value(&self.spec.network).unwrap_or_default())),
+            ("ddpm".to_string(), j(serde_json::to_value(&self.spec.schedule).unwrap_or_default())),
+            ("image_shape".to_string(), j(serde_json::json!(self.spec.image_shape))),
             ("dataset".to_string(), self.dataset.clone()),
-            ("class_names".to_string(), j(serde_json::json!(self.class_names))),
+            ("class_names".to_string(), j(serde_json::json!(self.spec.class_names))),
             ("cond_drop_prob".to_string(), j(serde_json::json!(self.cond_drop_prob))),
             ("epoch".to_string(), self.epoch.to_string()),
             ("step".to_string(), self.step.to_string()),
@@ -66,15 +61,18 @@ impl ModelInfo {
         let parse = |k: &str| -> Result<serde_json::Value> {
             serde_json::from_str(get(k)?).with_context(|| format!("{}: metadata '{k}' is not JSON", path.display()))
         };
-        Ok(Self {
-            network: serde_json::from_value(parse("network")?)
-                .with_context(|| format!("{}: metadata 'network'", path.display()))?,
-            ddpm: serde_json::from_value(parse("ddpm")?)
+        let spec = ModelSpec {
+            network: NetworkConfig::from_metadata(&parse("network")?)
+                .map_err(|m| anyhow::anyhow!("{}: metadata 'network': {m}", path.display()))?,
+            schedule: serde_json::from_value(parse("ddpm")?)
                 .with_context(|| format!("{}: metadata 'ddpm'", path.display()))?,
             image_shape: serde_json::from_value(parse("image_shape")?)
                 .with_context(|| format!("{}: metadata 'image_shape'", path.display()))?,
-            dataset: get("dataset")?.clone(),
             class_names: serde_json::from_value(parse("class_names")?).unwrap_or_default(),
+        };
+        Ok(Self {
+            spec,
+            dataset: get("dataset")?.clone(),
             cond_drop_prob: m.get("cond_drop_prob").and_then(|v| serde_json::from_str(v).ok()).flatten(),
             epoch: get("epoch")?.parse().unwrap_or(0),
             step: get("step")?.parse().unwrap_or(0),
@@ -254,4 +252,60 @@ pub fn rotate(run_dir: &Path, keep: usize) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A checkpoint's model, ready to sample.
+pub struct LoadedModel {
+    pub model: Model,
+    pub info: ModelInfo,
+    /// Whether the EMA weights were loaded.
+    pub ema: bool,
+}
+
+/// Loads a checkpoint onto `device`, preferring its EMA companion when `use_ema`; files
+/// without our metadata (the demo's own `state_dict`) are taken to be `fallback`.
+pub fn load_model(
+    path: &Path,
+    fallback: &ModelInfo,
+    device: tch::Device,
+    channels_last: bool,
+    use_ema: bool,
+) -> Result<LoadedModel> {
+    let ckpt = Checkpoint::read(path)?;
+    let info = match &ckpt.info {
+        Some(i) => i.clone(),
+        None => {
+            tracing::info!("{} has no ddpm metadata: taking the network from the config", path.display());
+            fallback.clone()
+        }
+    };
+    // Weights are loaded before the conversion to channels-last (loading copies values only).
+    let mut model = info.spec.build(device, false);
+    let ema_path = companion(path, "ema");
+    let ema = use_ema && ema_path.exists();
+    if ema {
+        Checkpoint::read(&ema_path)?.load_into(&mut model.vs)?;
+    } else {
+        ckpt.load_into(&mut model.vs)?;
+    }
+    if channels_last {
+        crate::model::vs_to_channels_last(&model.vs);
+        model.channels_last = true;
+    }
+    Ok(LoadedModel { model, info, ema })
+}
+
+impl ModelInfo {
+    /// Classifier-free guidance `eps_u + w (eps_c - eps_u)` needs the unconditional prediction
+    /// `eps_u`, which only a model trained with label dropout (`cond_drop_prob > 0`) has
+    /// learnt: warns when `guidance` would mix in an untrained one.
+    pub fn warn_untrained_null_class(&self, path: &Path, guidance: f64) {
+        if guidance != 1.0 && self.cond_drop_prob == Some(0.0) {
+            tracing::warn!(
+                "guidance {guidance}: {} was trained with train.cond_drop_prob 0, so its unconditional (null-class) \
+                 prediction was never trained and guidance mixes in noise; use --guidance 1 (plain conditional sampling)",
+                path.display()
+            );
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! Choosing where tensors live: `cpu`, `cuda`, `cuda:N` or `auto`.
 
-use crate::config::ConfigError;
+use crate::error::UsageError;
 use tch::{Cuda, Device};
 
 /// What the user asked for.
@@ -28,7 +28,7 @@ pub fn parse_device(s: &str) -> Result<DeviceRequest, String> {
 /// Resolves a request against the machine: CUDA asked for without any GPU warns once and
 /// runs on the CPU; `cuda:N` beyond the GPUs present is an error that lists them.
 pub fn resolve(s: &str) -> anyhow::Result<Device> {
-    let req = parse_device(s).map_err(|m| ConfigError(format!("device = {s:?}: {m}")))?;
+    let req = parse_device(s).map_err(|m| UsageError(format!("device = {s:?}: {m}")))?;
     let gpus = if Cuda::is_available() { Cuda::device_count() as usize } else { 0 };
     Ok(match req {
         DeviceRequest::Cpu => Device::Cpu,
@@ -41,7 +41,7 @@ pub fn resolve(s: &str) -> anyhow::Result<Device> {
         DeviceRequest::Cuda(n) if n < gpus => Device::Cuda(n),
         DeviceRequest::Cuda(n) => {
             let have: Vec<String> = (0..gpus).map(|i| format!("cuda:{i}")).collect();
-            return Err(ConfigError(format!(
+            return Err(UsageError(format!(
                 "device = cuda:{n}, but this machine has {gpus} GPU(s): {} (or cpu)",
                 have.join(", ")
             ))

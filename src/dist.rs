@@ -1,16 +1,17 @@
 //! Data-parallel training across processes on libtorch's own distributed engine (c10d): a
 //! TCPStore rendezvous, a gloo process group on the CPU or NCCL on GPUs, bucketed all-reduce,
-//! broadcast and barrier, through the small C++ shim in `csrc/dist.cpp`.
+//! and broadcast, through the small C++ shim in `csrc/dist.cpp`.
 //!
 //! Processes find each other the torchrun way, from `RANK`, `WORLD_SIZE`, `LOCAL_RANK`,
 //! `MASTER_ADDR` and `MASTER_PORT`; [`launch`] starts N local workers with those set
 //! (`ddpm train --nproc N`).
 
+use crate::error::UsageError;
 use anyhow::{bail, Context, Result};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 /// Largest flat buffer of one all-reduce or broadcast.
 const BUCKET_BYTES: i64 = 25 << 20;
@@ -21,7 +22,6 @@ mod ffi {
     use std::ffi::{c_char, c_int, c_void};
     use torch_sys::C_tensor;
     extern "C" {
-        pub fn ddpm_dist_has_backend(backend: *const c_char) -> c_int;
         pub fn ddpm_dist_new(
             backend: *const c_char,
             host: *const c_char,
@@ -49,7 +49,6 @@ mod ffi {
             err: *mut c_char,
             errlen: usize,
         ) -> c_int;
-        pub fn ddpm_dist_barrier(g: *mut c_void, err: *mut c_char, errlen: usize) -> c_int;
         pub fn ddpm_dist_free(g: *mut c_void);
     }
 }
@@ -109,21 +108,6 @@ pub fn env_rank() -> usize {
     std::env::var("RANK").ok().and_then(|r| r.parse().ok()).unwrap_or(0)
 }
 
-/// Whether this build has the c10d shim (it needs gloo's headers, from libgloo-dev, at build
-/// time) and can make a process group for `backend`.
-pub fn has_backend(backend: &str) -> bool {
-    #[cfg(not(ddpm_no_dist))]
-    {
-        let b = CString::new(backend).unwrap_or_default();
-        unsafe { ffi::ddpm_dist_has_backend(b.as_ptr()) == 1 }
-    }
-    #[cfg(ddpm_no_dist)]
-    {
-        let _ = backend;
-        false
-    }
-}
-
 /// A process group: every collective is called by all ranks in the same order.
 pub struct ProcessGroup {
     handle: *mut c_void,
@@ -137,6 +121,12 @@ fn message(buf: &[c_char]) -> String {
 }
 
 impl ProcessGroup {
+    /// The group of a torchrun-style environment on `device`, with the backend and timeout
+    /// the environment asks for ([`backend`], [`timeout`]).
+    pub fn from_env(env: &DistEnv, device: Device) -> Result<ProcessGroup> {
+        Self::new(env, &backend(device)?, timeout()?)
+    }
+
     /// Rendezvous at `env.master_addr:env.master_port` (rank 0 serves the store) and make a
     /// `backend` ("gloo" or "nccl") group; `timeout` bounds the rendezvous and every collective.
     pub fn new(env: &DistEnv, backend: &str, timeout: Duration) -> Result<ProcessGroup> {
@@ -243,18 +233,6 @@ impl ProcessGroup {
             bail!("built without distributed training")
         }
     }
-
-    /// Waits until every rank has called it.
-    pub fn barrier(&self) -> Result<()> {
-        #[cfg(not(ddpm_no_dist))]
-        {
-            let mut err = vec![0 as c_char; ERR_LEN];
-            let rc = unsafe { ffi::ddpm_dist_barrier(self.handle, err.as_mut_ptr(), ERR_LEN) };
-            self.check("barrier", rc, &err)
-        }
-        #[cfg(ddpm_no_dist)]
-        bail!("built without distributed training")
-    }
 }
 
 impl Drop for ProcessGroup {
@@ -293,7 +271,7 @@ pub fn args_without_nproc(args: &[String]) -> Vec<String> {
 /// on their own (they see the broken group) and are then killed; the error names the rank.
 pub fn launch(nproc: usize, grace: Duration) -> Result<()> {
     if nproc == 0 {
-        bail!(crate::config::ConfigError("--nproc must be at least 1".into()));
+        bail!(crate::error::UsageError("--nproc must be at least 1".into()));
     }
     let exe = std::env::current_exe().context("cannot find the ddpm executable to start the workers")?;
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -337,7 +315,7 @@ pub fn launch(nproc: usize, grace: Duration) -> Result<()> {
         }
         // A SIGTERM to the launcher goes on to the workers (Ctrl-C reaches them from the
         // terminal already).
-        if !forwarded && crate::interrupt::pending() == Some(crate::interrupt::EXIT_SIGTERM) {
+        if !forwarded && crate::interrupt::pending() == Some(crate::error::EXIT_SIGTERM) {
             forwarded = true;
             for (_, child) in &children {
                 unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
@@ -354,7 +332,7 @@ pub fn launch(nproc: usize, grace: Duration) -> Result<()> {
     match failed {
         None => Ok(()),
         Some((rank, status, _)) => match status.code() {
-            Some(code @ (2 | 130 | 143)) => Err(crate::interrupt::Interrupted {
+            Some(code @ (2 | 130 | 143)) => Err(crate::error::Interrupted {
                 code: code as u8,
                 message: format!("worker {rank} of {nproc} exited with status {code} (its message is above)"),
             }
@@ -368,5 +346,35 @@ fn kill_all(children: &mut [(usize, Child)]) {
     for (_, c) in children.iter_mut() {
         let _ = c.kill();
         let _ = c.wait();
+    }
+}
+
+/// The collective backend of a data-parallel run: `DDPM_DIST_BACKEND` (gloo or nccl), else
+/// NCCL on GPUs and gloo on the CPU.
+pub fn backend(device: Device) -> Result<String> {
+    let backend = match std::env::var("DDPM_DIST_BACKEND") {
+        Ok(b) if b == "gloo" || b == "nccl" => b,
+        Ok(b) => bail!(UsageError(format!("DDPM_DIST_BACKEND={b:?}: expected gloo or nccl"))),
+        Err(_) if device.is_cuda() => "nccl".into(),
+        Err(_) => "gloo".into(),
+    };
+    if backend == "nccl" && !device.is_cuda() {
+        bail!(UsageError("DDPM_DIST_BACKEND=nccl needs a CUDA device (use gloo on the CPU)".into()));
+    }
+    Ok(backend)
+}
+
+/// How long a rendezvous or a collective may wait for the other ranks: `DDPM_DIST_TIMEOUT`
+/// seconds (default 1800: rank 0 samples the epoch's grid while the others wait).
+pub fn timeout() -> Result<Duration> {
+    match std::env::var("DDPM_DIST_TIMEOUT") {
+        Err(_) => Ok(Duration::from_secs(1800)),
+        Ok(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| *s > 0.0 && s.is_finite())
+            .map(Duration::from_secs_f64)
+            .with_context(|| format!("DDPM_DIST_TIMEOUT={v:?}: expected seconds > 0")),
     }
 }

@@ -4,16 +4,17 @@
 
 use tch::{nn, Tensor};
 
-/// The averaged copy of a store's variables.
+/// The averaging of a store's variables into another store's.
 pub struct Ema {
     pub decay: f64,
-    pub vs: nn::VarStore,
+    /// `(averaged, trained)` variable pairs, in name order.
     pairs: Vec<(Tensor, Tensor)>,
 }
 
 impl Ema {
-    /// `ema_vs` must hold a network built like the one in `vs`; it starts as a copy of it.
-    pub fn new(vs: &nn::VarStore, mut ema_vs: nn::VarStore, decay: f64) -> Self {
+    /// `ema_vs` must hold a network built like the one in `vs`; it becomes a frozen copy of
+    /// it, which [`Ema::update`] then moves towards `vs`'s variables.
+    pub fn new(vs: &nn::VarStore, ema_vs: &mut nn::VarStore, decay: f64) -> Self {
         ema_vs.copy(vs).expect("EMA store built like the trained one");
         ema_vs.freeze();
         let src = vs.variables();
@@ -23,7 +24,7 @@ impl Ema {
             .filter_map(|(k, e)| src.get(&k).map(|p| (k, e, p.shallow_clone())))
             .collect();
         pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        Self { decay, vs: ema_vs, pairs: pairs.into_iter().map(|(_, e, p)| (e, p)).collect() }
+        Self { decay, pairs: pairs.into_iter().map(|(_, e, p)| (e, p)).collect() }
     }
 
     /// The decay used after `step` optimizer steps (0-based), warm-up included.

@@ -59,3 +59,13 @@ pub fn remove_stale_temps(dir: &Path) {
         }
     }
 }
+
+/// Appends one line to a (JSON-lines) log, creating it if needed.
+pub fn append_line(path: &Path, line: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    writeln!(f, "{line}").with_context(|| format!("writing {}", path.display()))
+}

@@ -63,9 +63,3 @@ pub fn save_png(img: &DynamicImage, path: &Path) -> Result<()> {
     }
     write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))
 }
-
-/// Writes `xs` as a square-ish grid PNG.
-pub fn save_grid(xs: &Tensor, path: &Path, pad: i64) -> Result<()> {
-    let n = xs.size()[0];
-    save_png(&grid_image(xs, default_cols(n), pad)?, path)
-}

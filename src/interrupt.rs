@@ -2,23 +2,11 @@
 //! (it then saves a checkpoint and exits 130 or 143); a second Ctrl-C exits at once, which is
 //! safe because every file is written atomically.
 
+use crate::error::{EXIT_SIGINT, EXIT_SIGTERM};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 static FLAGS: OnceLock<(Arc<AtomicBool>, Arc<AtomicBool>)> = OnceLock::new();
-
-/// Exit code for an interruption by SIGINT (Ctrl-C).
-pub const EXIT_SIGINT: u8 = 130;
-/// Exit code for an interruption by SIGTERM.
-pub const EXIT_SIGTERM: u8 = 143;
-
-/// A run stopped by a signal after saving; `main` exits with `code`.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct Interrupted {
-    pub code: u8,
-    pub message: String,
-}
 
 /// Installs the handlers (once).
 pub fn install() -> anyhow::Result<()> {

@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod choice;
 pub mod cli;
 pub mod config;
 pub mod data;
@@ -14,8 +15,10 @@ pub mod device;
 pub mod diffusion;
 pub mod dist;
 pub mod ema;
+pub mod error;
 pub mod eval;
 pub mod fsutil;
+pub mod generate;
 pub mod grid;
 pub mod interrupt;
 pub mod logging;
@@ -26,7 +29,8 @@ pub mod precision;
 pub mod process;
 pub mod run_dir;
 pub mod sample;
-pub mod streams;
+pub mod score;
+pub mod spec;
 pub mod tensorboard;
 pub mod trace;
 pub mod train;

@@ -2,8 +2,8 @@
 
 use clap::Parser;
 use ddpm::cli::{Cli, Command};
-use ddpm::config::{Config, ConfigError};
-use ddpm::interrupt::Interrupted;
+use ddpm::config::Config;
+use ddpm::error::{self, Interrupted};
 use ddpm::sample::{LabelChoice, SampleRequest};
 use ddpm::train::TrainOptions;
 use std::process::ExitCode;
@@ -43,14 +43,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             }
         }
         Command::Sample(a) => {
-            let label =
-                match a.label.as_deref() {
-                    None => None,
-                    Some("all") => Some(LabelChoice::All),
-                    Some(s) => Some(LabelChoice::One(s.parse().map_err(|_| {
-                        ConfigError(format!("--label {s:?}: expected a class number (0, 1, ...) or all"))
-                    })?)),
-                };
+            let label = a.label.as_deref().map(str::parse::<LabelChoice>).transpose()?;
             let req = SampleRequest {
                 checkpoint: a.checkpoint.clone(),
                 out: a.out.clone(),
@@ -74,19 +67,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             let _ = ddpm::logging::bars().clear();
-            if let Some(i) = err.downcast_ref::<Interrupted>() {
-                eprintln!("{}", i.message);
-                return ExitCode::from(i.code);
+            match (err.downcast_ref::<Interrupted>(), rank) {
+                (Some(i), _) => eprintln!("{}", i.message),
+                (None, 0) => eprintln!("error: {err:#}"),
+                (None, r) => eprintln!("error: rank {r}: {err:#}"),
             }
-            match rank {
-                0 => eprintln!("error: {err:#}"),
-                r => eprintln!("error: rank {r}: {err:#}"),
-            }
-            if err.chain().any(|e| e.downcast_ref::<ConfigError>().is_some()) {
-                ExitCode::from(2)
-            } else {
-                ExitCode::from(1)
-            }
+            ExitCode::from(error::exit_code(&err))
         }
     }
 }

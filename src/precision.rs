@@ -45,10 +45,10 @@ pub fn set_autocast_dtype(cuda: bool, kind: Kind) -> Result<()> {
     Ok(())
 }
 
-/// Whether `cfg` trains under bf16 autocast on `device`: on CUDA, and on CPUs whose oneDNN
-/// runs bf16 (elsewhere training falls back to fp32 with a warning).
-pub fn bf16_autocast(cfg: &crate::config::Config, device: Device) -> bool {
-    cfg.train.precision.eq_ignore_ascii_case("bf16") && (device.is_cuda() || cpu_supports_bf16())
+/// Whether bf16 autocast runs on `device`: on CUDA, and on CPUs whose oneDNN runs bf16
+/// (elsewhere a bf16 run falls back to fp32 with a warning).
+pub fn bf16_available(device: Device) -> bool {
+    device.is_cuda() || cpu_supports_bf16()
 }
 
 /// Whether oneDNN runs bf16 on this CPU (what `torch.ops.mkldnn._is_mkldnn_bf16_supported()`

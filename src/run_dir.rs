@@ -3,7 +3,7 @@
 //! unless asked.
 
 use crate::checkpoint;
-use crate::config::ConfigError;
+use crate::error::UsageError;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -21,7 +21,7 @@ impl RunLock {
         let path = run_dir.join(".lock");
         if let Ok(text) = std::fs::read_to_string(&path) {
             match text.trim().parse::<u32>() {
-                Ok(pid) if pid != std::process::id() && alive(pid) => bail!(ConfigError(format!(
+                Ok(pid) if pid != std::process::id() && alive(pid) => bail!(UsageError(format!(
                     "run_dir {} is in use by a live run (pid {pid}, lock file {}); wait for it, stop it, or pick another train.run_dir",
                     run_dir.display(),
                     path.display()
@@ -50,7 +50,7 @@ pub fn check_fresh_start(run_dir: &Path, resume: bool, overwrite: bool) -> Resul
     let latest = checkpoint::latest_path(run_dir);
     if resume {
         if !latest.exists() {
-            bail!(ConfigError(format!("--resume: there is no checkpoint at {} to resume from", latest.display())));
+            bail!(UsageError(format!("--resume: there is no checkpoint at {} to resume from", latest.display())));
         }
         return Ok(());
     }
@@ -58,7 +58,7 @@ pub fn check_fresh_start(run_dir: &Path, resume: bool, overwrite: bool) -> Resul
         return Ok(());
     }
     if !overwrite {
-        bail!(ConfigError(format!(
+        bail!(UsageError(format!(
             "run_dir {} already holds a run ({}): pass --resume to continue it, or --overwrite to start over (deletes its checkpoints, samples and metrics)",
             run_dir.display(),
             latest.display()

@@ -42,7 +42,7 @@ pub fn parse_batch(file: &Path, bytes: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
 
 /// Reads class names from `batches.meta.txt` (one per line), falling back to the official ones.
 pub fn read_class_names(dir: &Path) -> Vec<String> {
-    let official = super::class_names(crate::config::DatasetName::Cifar10);
+    let official = super::class_names(super::DatasetName::Cifar10);
     match std::fs::read_to_string(dir.join("batches.meta.txt")) {
         Ok(text) => {
             let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
@@ -81,7 +81,7 @@ fn complete(dir: &Path) -> bool {
 
 /// Finds `cifar-10-batches-bin` under `root`, downloading it when allowed.
 pub fn locate(root: &Path, allow_download: bool) -> Result<PathBuf> {
-    let dirs = super::candidate_dirs(root, crate::config::DatasetName::Cifar10);
+    let dirs = super::candidate_dirs(root, super::DatasetName::Cifar10);
     if let Some(d) = dirs.iter().find(|d| complete(d)) {
         return Ok(d.clone());
     }

@@ -2,7 +2,7 @@
 //! the uncompressed bytes, and writing them atomically. When no mirror answers, the error lists
 //! the files needed, where to put them and how to get them.
 
-use crate::config::DatasetName;
+use super::DatasetName;
 use crate::fsutil::write_atomic;
 use anyhow::{bail, Context, Result};
 use md5::{Digest, Md5};

@@ -3,8 +3,8 @@
 //! Images: magic 0x00000803, then N, rows, cols (big-endian u32), then N*rows*cols bytes.
 //! Labels: magic 0x00000801, then N, then N bytes.
 
+use super::DatasetName;
 use super::{download, ImageDataset, Split};
-use crate::config::DatasetName;
 use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};

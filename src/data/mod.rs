@@ -5,10 +5,48 @@ pub mod cifar;
 pub mod download;
 pub mod idx;
 
-use crate::config::{DatasetConfig, DatasetName};
 use anyhow::Result;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
+
+crate::choice! {
+    /// The datasets the tool reads (`dataset.name`; also written `MNIST`, `FashionMNIST`,
+    /// `fashion_mnist`, `CIFAR-10`, ...).
+    pub enum DatasetName {
+        Mnist = "mnist",
+        FashionMnist = "fashion-mnist" | "fmnist",
+        Cifar10 = "cifar10" | "cifar",
+    }
+}
+
+impl DatasetName {
+    /// Image shape `[C, H, W]`.
+    pub fn image_shape(self) -> [i64; 3] {
+        match self {
+            Self::Mnist | Self::FashionMnist => [1, 28, 28],
+            Self::Cifar10 => [3, 32, 32],
+        }
+    }
+}
+
+/// The `dataset:` section of options.yml.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatasetConfig {
+    /// `mnist`, `fashion-mnist` or `cifar10`; also the folder under `root`.
+    pub name: DatasetName,
+    /// Folder that holds `<name>/` (or torchvision's `MNIST/raw/` layout).
+    pub root: PathBuf,
+    /// Download missing files from the official mirrors.
+    pub download: bool,
+}
+
+impl Default for DatasetConfig {
+    fn default() -> Self {
+        Self { name: DatasetName::Mnist, root: "data".into(), download: true }
+    }
+}
 
 /// Which part of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +107,7 @@ pub fn class_names(name: DatasetName) -> Vec<String> {
 
 /// Loads a split of the configured dataset, downloading missing files when allowed.
 pub fn load(cfg: &DatasetConfig, split: Split) -> Result<ImageDataset> {
-    let name = DatasetName::parse(&cfg.name).ok_or_else(|| anyhow::anyhow!("unknown dataset {:?}", cfg.name))?;
+    let name = cfg.name;
     match name {
         DatasetName::Mnist | DatasetName::FashionMnist => {
             let dir = idx::locate(&cfg.root, name, split, cfg.download)?;

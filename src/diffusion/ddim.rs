@@ -5,27 +5,18 @@
 use super::Schedule;
 use tch::Tensor;
 
+crate::choice! {
 /// How the sampling timesteps are spread over `0..n_steps`. Both reach the top of the
 /// schedule (`n_steps - 1`, pure noise) for every step count and end at 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Spacing {
     /// Evenly spaced, rounded: `round(i (n_steps - 1) / (steps - 1))` (improved-diffusion's
     /// `space_timesteps` for one section). With `steps` dividing `n_steps - 1` it is the DDIM
     /// paper's `range(0, T, T / S)` stretched to end at T - 1.
-    Uniform,
+    Uniform = "uniform" | "linear",
     /// Denser near t = 0: `round((i / (steps - 1))^2 (n_steps - 1))`, pushed apart where
     /// rounding would repeat a step. (The DDIM paper's version stops at 0.8 T.)
-    Quadratic,
+    Quadratic = "quadratic" | "quad",
 }
-
-impl Spacing {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_lowercase().as_str() {
-            "uniform" | "linear" => Some(Self::Uniform),
-            "quadratic" | "quad" => Some(Self::Quadratic),
-            _ => None,
-        }
-    }
 }
 
 /// The timesteps to visit, ascending and distinct: `steps` of them (at most `n_steps`), the

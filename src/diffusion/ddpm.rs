@@ -4,24 +4,25 @@
 use super::Schedule;
 use tch::{Device, Kind, Tensor};
 
-/// The schedule on the host plus the per-timestep factors of `add_noise` on the device.
+/// The scheduler of DDPM (diffusers' name): the schedule on the host plus the per-timestep
+/// factors of `add_noise` on the device, and the reverse `step`.
 #[derive(Debug)]
-pub struct Ddpm {
+pub struct DdpmScheduler {
     pub schedule: Schedule,
     sqrt_alphas_cumprod: Tensor,
     sqrt_one_minus_alphas_cumprod: Tensor,
 }
 
-/// Options of the reverse process.
+/// Options of a reverse step.
 #[derive(Debug, Clone, Copy)]
-pub struct SampleOptions {
+pub struct StepOptions {
     /// `beta_t` as the variance (the demo's default) instead of the posterior variance.
     pub simple_var: bool,
     /// Estimate x0, clamp it to [-1, 1] and use the posterior mean.
     pub clip_x0: bool,
 }
 
-impl Ddpm {
+impl DdpmScheduler {
     pub fn new(schedule: Schedule, device: Device) -> Self {
         let to_dev = |v: Vec<f64>| Tensor::from_slice(&v).to_kind(Kind::Float).to_device(device);
         let sqrt_ab = schedule.alphas_cumprod.iter().map(|a| a.sqrt()).collect();
@@ -43,7 +44,7 @@ impl Ddpm {
 
     /// One reverse step from `x_t` to `x_{t-1}` given the predicted noise and a fresh `z`
     /// (ignored at t = 0).
-    pub fn step(&self, eps: &Tensor, t: usize, x_t: &Tensor, z: &Tensor, opts: SampleOptions) -> Tensor {
+    pub fn step(&self, eps: &Tensor, t: usize, x_t: &Tensor, z: &Tensor, opts: StepOptions) -> Tensor {
         let s = &self.schedule;
         let (alpha, abar, beta) = (s.alphas[t], s.alphas_cumprod[t], s.betas[t]);
         let mean = if opts.clip_x0 {

@@ -5,5 +5,5 @@ pub mod ddpm;
 pub mod sampler;
 pub mod schedule;
 
-pub use ddpm::Ddpm;
-pub use schedule::Schedule;
+pub use ddpm::DdpmScheduler;
+pub use schedule::{Schedule, ScheduleConfig};

@@ -2,9 +2,19 @@
 //! subsequence, with classifier-free guidance for conditional models.
 
 use super::ddim::{self, Spacing};
-use super::ddpm::{Ddpm, SampleOptions};
+use super::ddpm::{DdpmScheduler, StepOptions};
 use crate::model::Denoiser;
 use tch::{Kind, Tensor};
+
+crate::choice! {
+    /// `sample.sampler`: the reverse process by name.
+    pub enum SamplerKind {
+        /// Ancestral DDPM over every training step.
+        Ddpm = "ddpm",
+        /// DDIM over a subsequence of the steps.
+        Ddim = "ddim",
+    }
+}
 
 /// Which reverse process.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -17,9 +27,9 @@ pub enum Sampler {
 
 /// Everything the reverse process needs besides the network and the noise.
 #[derive(Debug, Clone, Copy)]
-pub struct SamplerConfig {
+pub struct ReverseProcess {
     pub sampler: Sampler,
-    pub opts: SampleOptions,
+    pub opts: StepOptions,
     /// Classifier-free guidance weight w: `eps_u + w (eps_c - eps_u)`; 1 = purely conditional.
     pub guidance: f64,
 }
@@ -42,7 +52,7 @@ pub fn predict_eps(net: &dyn Denoiser, x: &Tensor, t: &Tensor, labels: Option<&T
 }
 
 /// The timesteps visited, descending.
-pub fn visited_steps(ddpm: &Ddpm, sampler: Sampler) -> Vec<usize> {
+pub fn visited_steps(ddpm: &DdpmScheduler, sampler: Sampler) -> Vec<usize> {
     let n = ddpm.schedule.n_steps();
     let mut ts = match sampler {
         Sampler::Ddpm => (0..n).collect(),
@@ -55,10 +65,10 @@ pub fn visited_steps(ddpm: &Ddpm, sampler: Sampler) -> Vec<usize> {
 /// Runs the reverse process from `noise`; `on_step(i, t, &x)` follows each step.
 pub fn sample(
     net: &dyn Denoiser,
-    ddpm: &Ddpm,
+    ddpm: &DdpmScheduler,
     noise: Tensor,
     labels: Option<&Tensor>,
-    cfg: &SamplerConfig,
+    cfg: &ReverseProcess,
     mut on_step: impl FnMut(usize, usize, &Tensor),
 ) -> Tensor {
     let _guard = tch::no_grad_guard();

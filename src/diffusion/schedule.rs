@@ -1,5 +1,46 @@
 //! The linear-beta schedule (Ho et al. 2020, sec. 4), computed once in f64 on the host.
 
+use serde::{Deserialize, Serialize};
+
+/// The `ddpm:` section of options.yml: the linear-beta schedule's length and ends.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Diffusion steps T.
+    pub n_steps: i64,
+    /// beta_1.
+    pub min_beta: f64,
+    /// beta_T.
+    pub max_beta: f64,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self { n_steps: 1000, min_beta: 1e-4, max_beta: 0.02 }
+    }
+}
+
+impl ScheduleConfig {
+    /// The schedule these settings describe.
+    pub fn build(&self) -> Schedule {
+        Schedule::linear(self.n_steps, self.min_beta, self.max_beta)
+    }
+
+    /// Checks the values; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.n_steps < 1 {
+            return Err(format!("ddpm.n_steps = {} is not allowed: n_steps >= 1", self.n_steps));
+        }
+        if !(self.min_beta > 0.0 && self.min_beta < self.max_beta && self.max_beta < 1.0) {
+            return Err(format!(
+                "ddpm.min_beta/max_beta = {}/{} is not allowed: 0 < min_beta < max_beta < 1",
+                self.min_beta, self.max_beta
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `betas = linspace(min_beta, max_beta, n_steps)`, `alphas = 1 - betas`,
 /// `alphas_cumprod = cumprod(alphas)`.
 #[derive(Debug, Clone)]

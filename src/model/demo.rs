@@ -9,9 +9,9 @@
 //!    size -> concat [skip, up] -> `+ Linear(pe)` -> 2 blocks;
 //! 5. 3x3 conv to the image's channels.
 
+use super::config::DemoConfig;
 use super::embedding::PositionalEncoding;
 use super::{conv2d, conv_transpose2d, linear};
-use crate::config::NetworkConfig;
 use tch::nn::{self, Module};
 use tch::Tensor;
 
@@ -71,7 +71,7 @@ pub struct DemoUNet {
 
 impl DemoUNet {
     /// Builds the network for images of `image_shape = [C, H, W]` under `p`.
-    pub fn new(p: &nn::Path, cfg: &NetworkConfig, image_shape: [i64; 3], n_steps: i64) -> Self {
+    pub fn new(p: &nn::Path, cfg: &DemoConfig, image_shape: [i64; 3], n_steps: i64) -> Self {
         let [c, h, w] = image_shape;
         let chans = &cfg.channels;
         let k = chans.len();

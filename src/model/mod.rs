@@ -2,12 +2,13 @@
 
 pub mod attention;
 pub mod blocks;
+pub mod config;
 pub mod ddpm_init;
 pub mod demo;
 pub mod embedding;
 pub mod unet;
 
-use crate::config::{NetworkConfig, NetworkKind};
+pub use config::{DemoConfig, NetworkConfig, UnetConfig};
 use tch::{nn, Tensor};
 
 /// A network that predicts the noise in `x_t` at timesteps `t`, optionally given class labels.
@@ -49,9 +50,9 @@ impl Denoiser for demo::DemoUNet {
 
 /// Builds the configured network under the root of `vs`.
 pub fn build(vs: &nn::VarStore, cfg: &NetworkConfig, image_shape: [i64; 3], n_steps: i64) -> Box<dyn Denoiser> {
-    match cfg.kind {
-        NetworkKind::Demo => Box::new(demo::DemoUNet::new(&vs.root(), cfg, image_shape, n_steps)),
-        NetworkKind::Unet => Box::new(unet::UNet::new(&vs.root(), cfg, image_shape)),
+    match cfg {
+        NetworkConfig::Demo(d) => Box::new(demo::DemoUNet::new(&vs.root(), d, image_shape, n_steps)),
+        NetworkConfig::Unet(u) => Box::new(unet::UNet::new(&vs.root(), u, image_shape)),
     }
 }
 

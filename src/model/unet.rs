@@ -14,8 +14,8 @@
 
 use super::attention::AttnBlock;
 use super::blocks::{group_norm, ResBlock};
+use super::config::UnetConfig;
 use super::ddpm_init::{conv2d, linear, zero_conv2d};
-use crate::config::NetworkConfig;
 use std::cell::Cell;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
@@ -69,7 +69,7 @@ pub fn timestep_embedding(t: &Tensor, dim: i64) -> Tensor {
 }
 
 impl UNet {
-    pub fn new(p: &nn::Path, cfg: &NetworkConfig, image_shape: [i64; 3]) -> Self {
+    pub fn new(p: &nn::Path, cfg: &UnetConfig, image_shape: [i64; 3]) -> Self {
         let [c, h, _] = image_shape;
         let base = cfg.base_channels;
         let temb_dim = 4 * base;

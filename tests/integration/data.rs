@@ -1,10 +1,8 @@
 //! Dataset readers: IDX (gzipped and raw, torchvision layout), CIFAR-10 binary, every format
 //! error with the file named, and the real MNIST / Fashion-MNIST in ../shared/datasets.
 
-mod common;
-
-use common::*;
-use ddpm::config::DatasetConfig;
+use crate::common::*;
+use ddpm::data::DatasetConfig;
 use ddpm::data::{self, cifar, idx, Split};
 use std::path::Path;
 use tch::Kind;
@@ -14,7 +12,7 @@ fn labels_vec(t: &tch::Tensor) -> Vec<i64> {
 }
 
 fn cfg(root: &Path, name: &str) -> DatasetConfig {
-    DatasetConfig { name: name.into(), root: root.to_path_buf(), download: false }
+    DatasetConfig { name: name.parse().unwrap(), root: root.to_path_buf(), download: false }
 }
 
 #[test]

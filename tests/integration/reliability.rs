@@ -1,9 +1,7 @@
 //! Never lose a run: exact resume, interruption by signals, run-directory ownership,
 //! divergence, and checkpoints that survive a crash.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

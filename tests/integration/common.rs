@@ -1,6 +1,5 @@
 //! Helpers shared by the integration tests: tiny datasets in the official formats, configs,
 //! and running the real binary.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -15,7 +15,7 @@
 //! noise added as `sqrt(1 - abar) x0 + sqrt(abar) noise` (loss rel 9e-3, gradients rel 1.5 at
 //! step 1).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -1,9 +1,9 @@
 //! `ddpm eval`'s numbers: the Fréchet distance against its closed form, the classifier score and
 //! entropy on hand-made predictions, label fidelity, and the classifier on real MNIST.
 
-mod common;
+use crate::common;
 
-use ddpm::eval::metrics::*;
+use ddpm::score::metrics::*;
 use tch::{Device, Kind, Tensor};
 
 fn t(v: &[f64], shape: &[i64]) -> Tensor {
@@ -67,17 +67,17 @@ fn the_classifier_exceeds_98_percent_on_real_mnist() {
         eprintln!("SKIPPED the_classifier_exceeds_98_percent_on_real_mnist: ../shared/datasets is absent");
         return;
     };
-    let cfg = ddpm::config::DatasetConfig { name: "mnist".into(), root, download: false };
+    let cfg = ddpm::data::DatasetConfig { name: ddpm::data::DatasetName::Mnist, root, download: false };
     let train = ddpm::data::load(&cfg, ddpm::data::Split::Train).unwrap();
     let test = ddpm::data::load(&cfg, ddpm::data::Split::Test).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("clf.safetensors");
-    let clf = ddpm::eval::classifier::load_or_train(&cache, &train, &test, Device::Cpu).unwrap();
+    let clf = ddpm::score::classifier::load_or_train(&cache, &train, &test, Device::Cpu).unwrap();
     let acc = clf.accuracy(&test);
     println!("classifier test accuracy {acc:.4}");
     assert!(acc >= 0.98, "test accuracy {acc}");
     // The cache is reused: loading gives the same accuracy without training.
-    let again = ddpm::eval::classifier::load_or_train(&cache, &train, &test, Device::Cpu).unwrap();
+    let again = ddpm::score::classifier::load_or_train(&cache, &train, &test, Device::Cpu).unwrap();
     assert_eq!(again.accuracy(&test), acc);
 }
 
@@ -93,7 +93,7 @@ fn eval_command_scores_saved_samples_beside_the_real_reference() {
     let cfg = common::tiny_config(d);
     let xs = ddpm::data::to_signed_unit(
         &ddpm::data::load(
-            &ddpm::config::DatasetConfig { name: "mnist".into(), root: d.join("data"), download: false },
+            &ddpm::data::DatasetConfig { name: ddpm::data::DatasetName::Mnist, root: d.join("data"), download: false },
             ddpm::data::Split::Train,
         )
         .unwrap()

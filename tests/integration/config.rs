@@ -1,6 +1,15 @@
 //! options.yml: every validation rule and its message.
 
-use ddpm::config::{Config, DatasetName};
+use ddpm::config::Config;
+use ddpm::data::DatasetName;
+use ddpm::model::{DemoConfig, NetworkConfig};
+
+fn demo(cfg: &Config) -> &DemoConfig {
+    match &cfg.network {
+        NetworkConfig::Demo(d) => d,
+        other => panic!("expected the demo network, got {other:?}"),
+    }
+}
 
 fn load(yml: &str) -> Result<Config, String> {
     Config::from_yaml_str(yml, "test.yml", &[]).map_err(|e| format!("{e:#}"))
@@ -15,12 +24,12 @@ fn shipped_options_yml_parses_to_the_demo_settings() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/options.yml")).unwrap();
     let cfg = load(&text).unwrap();
     assert_eq!(cfg.device, "cuda:0");
-    assert_eq!(cfg.dataset_name(), DatasetName::Mnist);
+    assert_eq!(cfg.dataset.name, DatasetName::Mnist);
     assert_eq!(cfg.ddpm.n_steps, 1000);
     assert_eq!((cfg.ddpm.min_beta, cfg.ddpm.max_beta), (1e-4, 0.02));
-    assert_eq!(cfg.network.channels, vec![10, 20, 40, 80]);
-    assert_eq!(cfg.network.pe_dim, 128);
-    assert!(cfg.network.residual);
+    assert_eq!(demo(&cfg).channels, vec![10, 20, 40, 80]);
+    assert_eq!(demo(&cfg).pe_dim, 128);
+    assert!(demo(&cfg).residual);
     assert_eq!((cfg.train.batch_size, cfg.train.n_epochs, cfg.train.lr), (512, 10, 1e-3));
     assert_eq!(cfg.train.run_dir, std::path::PathBuf::from("runs/mnist"));
     assert_eq!(cfg.sample.n_samples, 81);
@@ -51,7 +60,7 @@ fn dataset_names_as_demo_users_write_them() {
         ("fashion-mnist", DatasetName::FashionMnist),
         ("Fashion_MNIST", DatasetName::FashionMnist),
     ] {
-        assert_eq!(load(&format!("dataset:\n  name: {s}\n")).unwrap().dataset_name(), want, "{s}");
+        assert_eq!(load(&format!("dataset:\n  name: {s}\n")).unwrap().dataset.name, want, "{s}");
     }
     let e = err("dataset:\n  name: imagenet\n");
     assert!(e.contains("dataset.name") && e.contains("imagenet") && e.contains("cifar10"), "{e}");
@@ -133,7 +142,7 @@ fn overrides_apply_before_validation() {
         Config::from_yaml_str("train:\n  lr: 0.1\n", "t", &[o("train.lr", "2e-4"), o("network.channels", "[8, 16]")])
             .unwrap();
     assert_eq!(cfg.train.lr, 2e-4);
-    assert_eq!(cfg.network.channels, vec![8, 16]);
+    assert_eq!(demo(&cfg).channels, vec![8, 16]);
     let e = format!("{:#}", Config::from_yaml_str("", "t", &[o("train.batch_size", "0")]).unwrap_err());
     assert!(e.contains("train.batch_size = 0"), "{e}");
     let e = format!("{:#}", Config::from_yaml_str("", "t", &[o("train.lrate", "1")]).unwrap_err());
@@ -145,4 +154,83 @@ fn edit_distance_basics() {
     assert_eq!(ddpm::config::edit_distance("lrr", "lr"), 1);
     assert_eq!(ddpm::config::edit_distance("kitten", "sitting"), 3);
     assert_eq!(ddpm::config::edit_distance("", "abc"), 3);
+}
+
+/// Every leaf key of a section tree, as `a.b.c`.
+fn leaf_keys(v: &serde_yaml::Value, prefix: &str, out: &mut Vec<String>) {
+    match v.as_mapping() {
+        Some(m) => {
+            for (k, sub) in m {
+                leaf_keys(sub, &format!("{prefix}{}.", k.as_str().unwrap()), out);
+            }
+        }
+        None => out.push(prefix.trim_end_matches('.').to_string()),
+    }
+}
+
+/// Every key of options.yml, for both network kinds, is validated: `-1` (a wrong type, or a
+/// value out of range) is a one-line error that names the key.
+#[test]
+fn every_key_rejects_a_bad_value_by_name() {
+    let mut keys = Vec::new();
+    for kind in ["demo", "unet"] {
+        let cfg = load(&format!("network:\n  kind: {kind}\n")).unwrap();
+        leaf_keys(&serde_yaml::to_value(&cfg).unwrap(), "", &mut keys);
+    }
+    keys.sort();
+    keys.dedup();
+    assert!(keys.len() >= 45, "{keys:?}");
+    for key in &keys {
+        let kind = if ["base_channels", "channel_mults", "num_res_blocks", "attn_resolutions", "dropout", "groups"]
+            .iter()
+            .any(|k| key.ends_with(k))
+        {
+            "unet"
+        } else {
+            "demo"
+        };
+        let o = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let overrides = [o("network.kind", kind), o(key, "-1")];
+        let e = match Config::from_yaml_str("", "test.yml", &overrides) {
+            Ok(_) => panic!("{key} = -1 was accepted"),
+            Err(e) => format!("{e:#}"),
+        };
+        let (section, name) = key.rsplit_once('.').unwrap_or(("", key));
+        assert!(e.contains(name) && e.contains(section), "{key} = -1: {e}");
+        assert!(e.starts_with("test.yml: ") && e.lines().count() == 1, "{key} = -1: {e}");
+    }
+}
+
+/// Settings that take a name list the allowed names; the network's keys depend on its kind.
+#[test]
+fn choices_list_their_values_and_kinds_their_keys() {
+    let cases = [
+        ("train:\n  optimizer: sgd\n", "train.optimizer", "adam or adamw"),
+        ("train:\n  precision: fp8\n", "train.precision", "fp32 or bf16"),
+        ("train:\n  precision: fp16\n", "train.precision", "gradient scaler"),
+        ("sample:\n  sampler: euler\n", "sample.sampler", "ddpm or ddim"),
+        ("sample:\n  spacing: cosine\n", "sample.spacing", "uniform or quadratic"),
+        ("network:\n  kind: vit\n", "network.kind", "demo or unet"),
+        ("network:\n  kind: unet\n  channels: [8, 16]\n", "'network.channels' for network kind unet", "channel_mults"),
+        ("network:\n  pe_dim: 16\n  groups: 8\n", "'network.groups' for network kind demo", "valid keys for kind demo"),
+    ];
+    for (yml, key, allowed) in cases {
+        let e = err(yml);
+        assert!(e.contains(key) && e.contains(allowed), "for {yml:?}: {e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+    // Names are case-insensitive and keep their aliases.
+    let cfg =
+        load("train:\n  optimizer: AdamW\n  precision: BF16\nsample:\n  sampler: DDIM\n  spacing: quad\n").unwrap();
+    assert_eq!(cfg.train.optimizer, ddpm::train::options::Optimizer::AdamW);
+    assert_eq!(cfg.train.precision, ddpm::train::options::Precision::Bf16);
+    assert_eq!(cfg.sample.sampler, ddpm::diffusion::sampler::SamplerKind::Ddim);
+    assert_eq!(cfg.sample.spacing, ddpm::diffusion::ddim::Spacing::Quadratic);
+    // config.yml holds the canonical names and reads back to the same config.
+    let yml = cfg.to_yaml();
+    assert!(yml.contains("optimizer: adamw") && yml.contains("sampler: ddim"), "{yml}");
+    assert_eq!(load(&yml).unwrap(), cfg);
+    let unet = load("network:\n  kind: unet\n  base_channels: 64\n").unwrap();
+    assert!(matches!(&unet.network, NetworkConfig::Unet(u) if u.base_channels == 64 && u.groups == 32));
+    assert_eq!(load(&unet.to_yaml()).unwrap(), unet);
 }

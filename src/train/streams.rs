@@ -7,12 +7,14 @@
 //! All random numbers are drawn before the split, so a step is as reproducible as with one
 //! stream (the split only changes float rounding).
 
+use super::step::denoising_loss;
 use crate::config::Config;
 use crate::model;
+use crate::spec::ModelSpec;
 use anyhow::{anyhow, Result};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use tch::{nn, Device, Reduction, Tensor};
+use tch::{nn, Device, Tensor};
 
 struct Job {
     x_t: Tensor,
@@ -36,12 +38,13 @@ pub struct Streams {
 /// two threads when nothing in the network draws random numbers, else one). bf16 autocast on
 /// the CPU always runs in one stream: autocast is per thread, and the worker would run fp32.
 pub fn wanted(cfg: &Config, device: Device, distributed: bool) -> usize {
-    if device == Device::Cpu && crate::precision::bf16_autocast(cfg, device) {
+    let bf16 = cfg.train.precision == super::options::Precision::Bf16;
+    if device == Device::Cpu && bf16 && crate::precision::bf16_available(device) {
         return 1;
     }
     let threads =
         if cfg.threads > 0 { cfg.threads } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
-    let dropout = matches!(cfg.network.kind, crate::config::NetworkKind::Unet) && cfg.network.dropout > 0.0;
+    let dropout = cfg.network.has_dropout();
     match cfg.streams {
         0 => {
             if device == Device::Cpu && !distributed && threads >= 2 && !dropout {
@@ -55,21 +58,21 @@ pub fn wanted(cfg: &Config, device: Device, distributed: bool) -> usize {
 }
 
 impl Streams {
-    /// Starts the worker: it builds the network of `cfg` and points every variable at the
+    /// Starts the worker: it builds the network of `spec` and points every variable at the
     /// storage of the same-named variable of `vs`.
-    pub fn new(cfg: &Config, shape: [i64; 3], vs: &nn::VarStore) -> Result<Streams> {
+    pub fn new(cfg: &Config, spec: &ModelSpec, vs: &nn::VarStore) -> Result<Streams> {
         let total = if cfg.threads > 0 { cfg.threads as i32 } else { tch::get_num_threads() };
         let threads = (total / 2).max(1);
         let device = vs.device();
         let shared: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-        let cfg = cfg.clone();
+        let spec = spec.clone();
         let (job_tx, job_rx) = mpsc::channel::<Job>();
         let (done_tx, done_rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel::<std::result::Result<(), String>>();
         let handle = std::thread::Builder::new().name("ddpm-stream".into()).spawn(move || {
             tch::set_num_threads(threads);
             let replica = nn::VarStore::new(device);
-            let net = model::build(&replica, &cfg.network, shape, cfg.ddpm.n_steps);
+            let net = spec.network(&replica);
             let mine = replica.variables();
             for (name, src) in &shared {
                 match mine.get(name) {
@@ -87,7 +90,7 @@ impl Streams {
                     crate::optim::reset_grad(p);
                 }
                 net.set_training(true);
-                let loss = net.forward(&job.x_t, &job.t, job.labels.as_ref()).mse_loss(&job.noise, Reduction::Mean);
+                let loss = denoising_loss(net.as_ref(), &job.x_t, &job.t, job.labels.as_ref(), &job.noise);
                 net.set_training(false);
                 (&loss * job.weight).backward();
                 let grads = params.iter().map(|p| p.grad()).collect();
@@ -131,8 +134,13 @@ impl Streams {
         let restore = tch::get_num_threads();
         tch::set_num_threads(self.threads);
         net.set_training(true);
-        let la = net.forward(&part(x_t, 0, half), &part(t, 0, half), labels.map(|l| part(l, 0, half)).as_ref());
-        let la = la.mse_loss(&part(noise, 0, half), Reduction::Mean);
+        let la = denoising_loss(
+            net,
+            &part(x_t, 0, half),
+            &part(t, 0, half),
+            labels.map(|l| part(l, 0, half)).as_ref(),
+            &part(noise, 0, half),
+        );
         net.set_training(false);
         (&la * wa).backward();
         tch::set_num_threads(restore);

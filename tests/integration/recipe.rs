@@ -2,7 +2,7 @@
 //! records with `DDPM_TRACE_DIR`: label dropout, horizontal flips, gradient clipping; dropout
 //! only while training; and `ddpm sample` draws with the EMA weights.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -66,7 +66,11 @@ fn hflip_mirrors_about_half_of_the_images() {
         let dir = tempfile::tempdir().unwrap();
         let trace = traced_run(dir.path(), 20, &[&format!("train.hflip={hflip}")]);
         let data = ddpm::data::load(
-            &ddpm::config::DatasetConfig { name: "mnist".into(), root: dir.path().join("data"), download: false },
+            &ddpm::data::DatasetConfig {
+                name: ddpm::data::DatasetName::Mnist,
+                root: dir.path().join("data"),
+                download: false,
+            },
             ddpm::data::Split::Train,
         )
         .unwrap();
@@ -124,16 +128,15 @@ fn unet_dropout_only_in_training() {
     let _rng = common::rng_lock();
     tch::manual_seed(4);
     let vs = nn::VarStore::new(Device::Cpu);
-    let cfg = ddpm::config::NetworkConfig {
-        kind: ddpm::config::NetworkKind::Unet,
+    let cfg = ddpm::model::NetworkConfig::Unet(ddpm::model::UnetConfig {
         base_channels: 8,
         channel_mults: vec![1, 2],
         num_res_blocks: 1,
         attn_resolutions: vec![],
         dropout: 0.5,
         groups: 4,
-        ..Default::default()
-    };
+        num_classes: 0,
+    });
     let net = ddpm::model::build(&vs, &cfg, [1, 12, 12], 100);
     // The paper's init zeroes the residual branches' ends: give every weight a value.
     tch::no_grad(|| {

@@ -1,9 +1,7 @@
 //! The real `ddpm` binary: help, bad input with exit code 2 and one clear line, a tiny training
 //! run with everything it writes, sampling, determinism, and Python interop.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -201,10 +199,11 @@ fn python_reads_checkpoints_and_the_pytorch_demo_agrees() {
     let dir = trained();
     let ck = dir.join("run/checkpoints/latest.safetensors");
     // Our forward on a fixed input, for Python to compare against.
-    let loaded = ddpm::sample::load_model(&ck, &ddpm::config::Config::default(), tch::Device::Cpu, false).unwrap();
+    let fallback = ddpm::checkpoint::ModelInfo::from_config(&ddpm::config::Config::default());
+    let loaded = ddpm::checkpoint::load_model(&ck, &fallback, tch::Device::Cpu, false, false).unwrap();
     let xs = (tch::Tensor::arange(3 * 28 * 28, (tch::Kind::Float, tch::Device::Cpu)) * 0.37).sin().view([3, 1, 28, 28]);
     let t = tch::Tensor::from_slice(&[0i64, 7, 19]);
-    let ys = tch::no_grad(|| loaded.net.forward(&xs, &t, None));
+    let ys = tch::no_grad(|| loaded.model.net.forward(&xs, &t, None));
     let io = dir.join("parity.safetensors");
     tch::Tensor::write_safetensors(&[("x", &xs), ("t", &t), ("y", &ys)], &io).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/python/check_parity.py");
@@ -344,4 +343,30 @@ fn label_and_guidance_need_a_conditional_model() {
     assert_one_line_error(o.status.code().unwrap(), &stderr(&o), &["--label", "unconditional"]);
     let o = ddpm(dir, &["sample", "--config", cfg.to_str().unwrap(), "--guidance", "3"]);
     assert_one_line_error(o.status.code().unwrap(), &stderr(&o), &["--guidance", "unconditional"]);
+}
+
+/// Bad names of choices (fp16 with its reason) and a demo key under `kind: unet` are one-line
+/// errors with exit code 2 from the real binary.
+#[test]
+fn bad_choices_and_keys_of_the_other_kind_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path());
+    for (sets, want) in [
+        (&["train.precision=fp16"][..], &["train.precision", "gradient scaler"][..]),
+        (&["train.precision=fp8"], &["train.precision", "fp32 or bf16"]),
+        (&["train.optimizer=sgd"], &["train.optimizer", "adam or adamw"]),
+        (&["sample.sampler=euler"], &["sample.sampler", "ddpm or ddim"]),
+        (&["sample.spacing=cosine"], &["sample.spacing", "uniform or quadratic"]),
+        // tiny.yml has the demo's `channels` and `pe_dim`.
+        (&["network.kind=unet"], &["network.channels", "for network kind unet", "did you mean"]),
+    ] {
+        let mut args = vec!["train", "--config", cfg.to_str().unwrap()];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let out = ddpm(dir.path(), &args);
+        let code = out.status.code().unwrap_or(-1);
+        assert_one_line_error(code, &stderr(&out), want);
+        assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    }
 }

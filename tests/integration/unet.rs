@@ -1,11 +1,12 @@
 //! The DDPM paper's UNet (`network.kind: unet`): its size, shapes, attention, and that it
 //! learns CIFAR-format data.
 
-mod common;
+use crate::common;
 
-use common::*;
-use ddpm::config::{Config, NetworkConfig, NetworkKind};
+use crate::common::*;
+use ddpm::config::Config;
 use ddpm::model::{self, attention::AttnBlock, blocks::ResBlock};
+use ddpm::model::{NetworkConfig, UnetConfig};
 use std::path::Path;
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Reduction, Tensor};
 
@@ -35,9 +36,8 @@ fn the_paper_configuration_has_the_papers_size() {
     assert!(small > 1_000_000 && small < 10_000_000, "{small}");
 }
 
-fn small_unet(classes: i64) -> NetworkConfig {
-    NetworkConfig {
-        kind: NetworkKind::Unet,
+fn small_unet(classes: i64) -> UnetConfig {
+    UnetConfig {
         base_channels: 16,
         channel_mults: vec![1, 2, 2],
         num_res_blocks: 1,
@@ -45,7 +45,6 @@ fn small_unet(classes: i64) -> NetworkConfig {
         dropout: 0.1,
         groups: 8,
         num_classes: classes,
-        ..Default::default()
     }
 }
 
@@ -55,7 +54,7 @@ fn output_shapes_for_28_and_32_pixel_images() {
     tch::manual_seed(0);
     for (shape, classes) in [([1, 28, 28], 0), ([3, 32, 32], 10)] {
         let vs = nn::VarStore::new(Device::Cpu);
-        let net = model::build(&vs, &small_unet(classes), shape, 1000);
+        let net = model::build(&vs, &NetworkConfig::Unet(small_unet(classes)), shape, 1000);
         let xs = Tensor::randn([2, shape[0], shape[1], shape[2]], (Kind::Float, Device::Cpu));
         let labels = (classes > 0).then(|| Tensor::from_slice(&[3i64, 10]));
         let out = tch::no_grad(|| net.forward(&xs, &Tensor::from_slice(&[0i64, 999]), labels.as_ref()));
@@ -95,7 +94,7 @@ fn a_fresh_unet_outputs_zero_and_its_blocks_are_identities() {
     tch::manual_seed(2);
     for (shape, classes) in [([1, 28, 28], 0), ([3, 32, 32], 10)] {
         let vs = nn::VarStore::new(Device::Cpu);
-        let net = model::build(&vs, &small_unet(classes), shape, 1000);
+        let net = model::build(&vs, &NetworkConfig::Unet(small_unet(classes)), shape, 1000);
         let xs = Tensor::randn([3, shape[0], shape[1], shape[2]], (Kind::Float, Device::Cpu));
         let labels = (classes > 0).then(|| Tensor::from_slice(&[3i64, 10, 0]));
         let out = tch::no_grad(|| net.forward(&xs, &Tensor::from_slice(&[0i64, 500, 999]), labels.as_ref()));
@@ -167,9 +166,15 @@ fn a_small_unet_overfits_8_cifar_images() {
     assert_eq!(ds.images.size(), vec![8, 3, 32, 32]);
     tch::manual_seed(2);
     let vs = nn::VarStore::new(Device::Cpu);
-    let cfg = NetworkConfig { base_channels: 8, channel_mults: vec![1, 2], dropout: 0.0, groups: 4, ..small_unet(0) };
+    let cfg = NetworkConfig::Unet(UnetConfig {
+        base_channels: 8,
+        channel_mults: vec![1, 2],
+        dropout: 0.0,
+        groups: 4,
+        ..small_unet(0)
+    });
     let net = model::build(&vs, &cfg, [3, 32, 32], 100);
-    let ddpm = ddpm::diffusion::Ddpm::new(ddpm::diffusion::Schedule::linear(100, 1e-4, 0.02), Device::Cpu);
+    let ddpm = ddpm::diffusion::DdpmScheduler::new(ddpm::diffusion::Schedule::linear(100, 1e-4, 0.02), Device::Cpu);
     let x0 = ds.batch(&Tensor::arange(8, (Kind::Int64, Device::Cpu)), Device::Cpu);
     let t = Tensor::randint(100, [8], (Kind::Int64, Device::Cpu));
     let noise = x0.randn_like();

@@ -1,21 +1,20 @@
 //! Beyond the demo: Adam on tensors (checked against libtorch's), the EMA update, DDIM, and
 //! classifier-free guidance.
 
-mod common;
+use crate::common;
 
-use ddpm::config::NetworkConfig;
 use ddpm::diffusion::ddim::{self, Spacing};
-use ddpm::diffusion::ddpm::SampleOptions;
-use ddpm::diffusion::sampler::{self, Sampler, SamplerConfig};
-use ddpm::diffusion::{Ddpm, Schedule};
+use ddpm::diffusion::ddpm::StepOptions;
+use ddpm::diffusion::sampler::{self, ReverseProcess, Sampler};
+use ddpm::diffusion::{DdpmScheduler, Schedule};
 use ddpm::ema::Ema;
 use ddpm::model::{self, Denoiser};
+use ddpm::model::{DemoConfig, NetworkConfig};
 use ddpm::optim::{Adam, AdamConfig};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
 fn small_net(vs: &nn::VarStore, classes: i64) -> Box<dyn Denoiser> {
-    let cfg =
-        NetworkConfig { channels: vec![4, 8], pe_dim: 8, residual: true, num_classes: classes, ..Default::default() };
+    let cfg = NetworkConfig::Demo(DemoConfig { channels: vec![4, 8], pe_dim: 8, residual: true, num_classes: classes });
     model::build(vs, &cfg, [1, 28, 28], 20)
 }
 
@@ -89,9 +88,9 @@ fn adam_state_round_trip_continues_identically() {
 fn ema_update_exact_numbers_with_warm_up() {
     let vs = nn::VarStore::new(Device::Cpu);
     let mut p = vs.root().zeros("w", &[2]);
-    let evs = nn::VarStore::new(Device::Cpu);
+    let mut evs = nn::VarStore::new(Device::Cpu);
     let _w = evs.root().zeros("w", &[2]);
-    let mut ema = Ema::new(&vs, evs, 0.9);
+    let mut ema = Ema::new(&vs, &mut evs, 0.9);
     // Warm-up: d_0 = min(0.9, 1/10) = 0.1, d_1 = 2/11, d_20 = min(0.9, 21/30 = 0.7) = 0.7,
     // d_1000 = 0.9.
     assert!((ema.decay_at(0) - 0.1).abs() < 1e-12);
@@ -100,7 +99,7 @@ fn ema_update_exact_numbers_with_warm_up() {
     assert_eq!(ema.decay_at(1000), 0.9);
     tch::no_grad(|| p.copy_(&Tensor::from_slice(&[1.0f32, -2.0])));
     ema.update(0); // ema = 0 + (1 - 0.1) (p - 0) = 0.9 p
-    let e = ema.vs.variables()["w"].shallow_clone();
+    let e = evs.variables()["w"].shallow_clone();
     assert!((e.double_value(&[0]) - 0.9).abs() < 1e-6 && (e.double_value(&[1]) + 1.8).abs() < 1e-6);
     ema.update(1000); // ema = 0.9 ema + 0.1 p = 0.81 + 0.1 = 0.91
     assert!((e.double_value(&[0]) - 0.91).abs() < 1e-6, "{}", e.double_value(&[0]));
@@ -110,19 +109,19 @@ fn ema_update_exact_numbers_with_warm_up() {
 #[test]
 fn ddim_with_eta_one_over_all_steps_equals_the_ddpm_fixed_small_step() {
     let _rng = common::rng_lock();
-    let ddpm = Ddpm::new(Schedule::linear(1000, 1e-4, 0.02), Device::Cpu);
+    let ddpm = DdpmScheduler::new(Schedule::linear(1000, 1e-4, 0.02), Device::Cpu);
     tch::manual_seed(2);
     let x = Tensor::randn([3, 1, 4, 4], (Kind::Float, Device::Cpu));
     let eps = Tensor::randn([3, 1, 4, 4], (Kind::Float, Device::Cpu));
     let z = Tensor::randn([3, 1, 4, 4], (Kind::Float, Device::Cpu));
     for t in [999usize, 500, 10, 1] {
-        let a = ddpm.step(&eps, t, &x, &z, SampleOptions { simple_var: false, clip_x0: false });
+        let a = ddpm.step(&eps, t, &x, &z, StepOptions { simple_var: false, clip_x0: false });
         let b = ddim::step(&ddpm.schedule, &eps, &x, (t, Some(t - 1)), &z, 1.0, false);
         let d = (a - b).abs().max().double_value(&[]);
         assert!(d < 1e-4, "t={t}: {d}");
     }
     // The last step (t = 0 -> x0) is the predicted x0 in both.
-    let a = ddpm.step(&eps, 0, &x, &z, SampleOptions { simple_var: false, clip_x0: false });
+    let a = ddpm.step(&eps, 0, &x, &z, StepOptions { simple_var: false, clip_x0: false });
     let b = ddim::step(&ddpm.schedule, &eps, &x, (0, None), &z, 1.0, false);
     assert!((a - b).abs().max().double_value(&[]) < 1e-4);
 }
@@ -132,7 +131,7 @@ fn ddim_with_eta_one_over_all_steps_equals_the_ddpm_fixed_small_step() {
 /// eps = -0.5 predicts x0 of about 4.9, which the clip brings to 1.
 #[test]
 fn ddim_strided_steps_match_equation_12() {
-    let ddpm = Ddpm::new(Schedule::linear(1000, 1e-4, 0.02), Device::Cpu);
+    let ddpm = DdpmScheduler::new(Schedule::linear(1000, 1e-4, 0.02), Device::Cpu);
     let s = &ddpm.schedule;
     let one = |v: f64| Tensor::from_slice(&[v as f32]).view([1, 1, 1, 1]);
     let (x, e, z) = (0.9f64, -0.5f64, 1.5f64);
@@ -204,10 +203,10 @@ fn ddim_eta_zero_is_deterministic_given_the_noise() {
     tch::manual_seed(3);
     let vs = nn::VarStore::new(Device::Cpu);
     let net = small_net(&vs, 0);
-    let ddpm = Ddpm::new(Schedule::linear(20, 1e-4, 0.02), Device::Cpu);
-    let sc = SamplerConfig {
+    let ddpm = DdpmScheduler::new(Schedule::linear(20, 1e-4, 0.02), Device::Cpu);
+    let sc = ReverseProcess {
         sampler: Sampler::Ddim { steps: 5, eta: 0.0, spacing: Spacing::Uniform },
-        opts: SampleOptions { simple_var: true, clip_x0: false },
+        opts: StepOptions { simple_var: true, clip_x0: false },
         guidance: 1.0,
     };
     let noise = Tensor::randn([2, 1, 28, 28], (Kind::Float, Device::Cpu));
@@ -219,7 +218,7 @@ fn ddim_eta_zero_is_deterministic_given_the_noise() {
     assert!(a.equal(&b), "eta = 0 must not depend on the random generator");
     // round(i * 19 / 4) for i = 4..0.
     assert_eq!(visited, vec![19, 14, 10, 5, 0]);
-    let sc1 = SamplerConfig { sampler: Sampler::Ddim { steps: 5, eta: 1.0, spacing: Spacing::Uniform }, ..sc };
+    let sc1 = ReverseProcess { sampler: Sampler::Ddim { steps: 5, eta: 1.0, spacing: Spacing::Uniform }, ..sc };
     tch::manual_seed(10);
     let c = sampler::sample(net.as_ref(), &ddpm, noise.copy(), None, &sc1, |_, _, _| {});
     tch::manual_seed(99);

@@ -1,9 +1,7 @@
 //! Data-parallel training on libtorch's c10d (gloo over loopback): N processes take the same
 //! steps as one process with the same global batch, and a dead worker ends the run.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use ddpm::dist::{args_without_nproc, DistEnv};
 use std::collections::BTreeMap;
 use std::path::Path;

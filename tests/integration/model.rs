@@ -1,18 +1,19 @@
 //! The demo UNet, the DDPM maths and checkpoints: golden numbers, shapes, names, a model that
 //! must learn, round trips.
 
-mod common;
+use crate::common;
 
 use ddpm::checkpoint::{self, Checkpoint, ModelInfo};
-use ddpm::config::{Config, NetworkConfig};
-use ddpm::diffusion::ddpm::SampleOptions;
-use ddpm::diffusion::{Ddpm, Schedule};
+use ddpm::config::Config;
+use ddpm::diffusion::ddpm::StepOptions;
+use ddpm::diffusion::{DdpmScheduler, Schedule};
 use ddpm::model::{self, embedding::sinusoidal_table};
+use ddpm::model::{DemoConfig, NetworkConfig};
 use std::collections::BTreeMap;
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Reduction, Tensor};
 
 fn net_cfg(residual: bool) -> NetworkConfig {
-    NetworkConfig { channels: vec![10, 20, 40, 80], pe_dim: 128, residual, ..Default::default() }
+    NetworkConfig::Demo(DemoConfig { channels: vec![10, 20, 40, 80], pe_dim: 128, residual, num_classes: 0 })
 }
 
 /// Reads `../shared/reference/unet_res.<name>.keys.tsv` (name, shape, trainable), or the same
@@ -118,7 +119,7 @@ fn schedule_golden_numbers() {
 fn add_noise_has_the_right_mean_and_variance() {
     let _rng = common::rng_lock();
     tch::manual_seed(1);
-    let ddpm = Ddpm::new(Schedule::linear(1000, 1e-4, 0.02), Device::Cpu);
+    let ddpm = DdpmScheduler::new(Schedule::linear(1000, 1e-4, 0.02), Device::Cpu);
     let n = 20000;
     let x0 = Tensor::full([n, 1, 2, 2], 0.5, (Kind::Float, Device::Cpu));
     let noise = x0.randn_like();
@@ -141,15 +142,14 @@ fn add_noise_has_the_right_mean_and_variance() {
 
 #[test]
 fn reverse_step_matches_the_closed_form() {
-    let ddpm = Ddpm::new(Schedule::linear(1000, 1e-4, 0.02), Device::Cpu);
+    let ddpm = DdpmScheduler::new(Schedule::linear(1000, 1e-4, 0.02), Device::Cpu);
     let s = &ddpm.schedule;
     let x = Tensor::from_slice(&[0.3f32]).view([1, 1, 1, 1]);
     let eps = Tensor::from_slice(&[-0.2f32]).view([1, 1, 1, 1]);
     let z = Tensor::from_slice(&[1.5f32]).view([1, 1, 1, 1]);
     for (t, simple) in [(500usize, true), (500, false), (0, true)] {
-        let got = ddpm
-            .step(&eps, t, &x, &z, SampleOptions { simple_var: simple, clip_x0: false })
-            .double_value(&[0, 0, 0, 0]);
+        let got =
+            ddpm.step(&eps, t, &x, &z, StepOptions { simple_var: simple, clip_x0: false }).double_value(&[0, 0, 0, 0]);
         let (a, ab) = (s.alphas[t], s.alphas_cumprod[t]);
         let mean = (0.3 - (1.0 - a) / (1.0 - ab).sqrt() * -0.2) / a.sqrt();
         let var = if t == 0 {
@@ -170,7 +170,7 @@ fn reverse_step_matches_the_closed_form() {
     let x = Tensor::from_slice(&[xt as f32]).view([1, 1, 1, 1]);
     let zero = x.zeros_like();
     let got =
-        ddpm.step(&eps, t, &x, &zero, SampleOptions { simple_var: false, clip_x0: true }).double_value(&[0, 0, 0, 0]);
+        ddpm.step(&eps, t, &x, &zero, StepOptions { simple_var: false, clip_x0: true }).double_value(&[0, 0, 0, 0]);
     let want = abp.sqrt() * b / (1.0 - ab) * x0 + a.sqrt() * (1.0 - abp) / (1.0 - ab) * xt;
     assert!((got - want).abs() < 1e-5, "{got} vs {want}");
     // A predicted x0 of 1.7 is clamped to 1 before the posterior mean; without the clamp the
@@ -178,7 +178,7 @@ fn reverse_step_matches_the_closed_form() {
     let xt = ab.sqrt() * 1.7 + (1.0 - ab).sqrt() * -0.2;
     let x = Tensor::from_slice(&[xt as f32]).view([1, 1, 1, 1]);
     let step = |clip| {
-        ddpm.step(&eps, t, &x, &zero, SampleOptions { simple_var: false, clip_x0: clip }).double_value(&[0, 0, 0, 0])
+        ddpm.step(&eps, t, &x, &zero, StepOptions { simple_var: false, clip_x0: clip }).double_value(&[0, 0, 0, 0])
     };
     let want = abp.sqrt() * b / (1.0 - ab) * 1.0 + a.sqrt() * (1.0 - abp) / (1.0 - ab) * xt;
     assert!((step(true) - want).abs() < 1e-5, "clipped: {} vs {want}", step(true));
@@ -192,9 +192,9 @@ fn a_small_model_overfits_a_fixed_batch() {
     let _rng = common::rng_lock();
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
-    let cfg = NetworkConfig { channels: vec![8, 16], pe_dim: 16, residual: true, ..Default::default() };
+    let cfg = NetworkConfig::Demo(DemoConfig { channels: vec![8, 16], pe_dim: 16, residual: true, num_classes: 0 });
     let net = model::build(&vs, &cfg, [1, 28, 28], 100);
-    let ddpm = Ddpm::new(Schedule::linear(100, 1e-4, 0.02), Device::Cpu);
+    let ddpm = DdpmScheduler::new(Schedule::linear(100, 1e-4, 0.02), Device::Cpu);
     let mut opt = nn::Adam::default().build(&vs, 3e-3).unwrap();
     let x0 = (Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu)) * 2.0 - 1.0).set_requires_grad(false);
     let t = Tensor::randint(100, [8], (Kind::Int64, Device::Cpu));
@@ -219,8 +219,13 @@ fn checkpoint_round_trip_gives_identical_output_and_metadata() {
     tch::manual_seed(5);
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = Config {
-        network: NetworkConfig { channels: vec![6, 12, 24], pe_dim: 32, residual: true, ..Default::default() },
-        ddpm: ddpm::config::DdpmConfig { n_steps: 50, ..Default::default() },
+        network: NetworkConfig::Demo(DemoConfig {
+            channels: vec![6, 12, 24],
+            pe_dim: 32,
+            residual: true,
+            num_classes: 0,
+        }),
+        ddpm: ddpm::diffusion::ScheduleConfig { n_steps: 50, ..Default::default() },
         ..Default::default()
     };
     let net = model::build(&vs, &cfg.network, [1, 28, 28], 50);
@@ -231,9 +236,9 @@ fn checkpoint_round_trip_gives_identical_output_and_metadata() {
 
     let ck = Checkpoint::read(&path).unwrap();
     assert_eq!(ck.info.as_ref(), Some(&info));
-    let mut vs2 = nn::VarStore::new(Device::Cpu);
-    let net2 = model::build(&vs2, &info.network, info.image_shape, info.ddpm.n_steps);
-    ck.load_into(&mut vs2).unwrap();
+    let mut rebuilt = ck.info.as_ref().unwrap().spec.build(Device::Cpu, false);
+    ck.load_into(&mut rebuilt.vs).unwrap();
+    let net2 = &rebuilt.net;
     let xs = Tensor::randn([2, 1, 28, 28], (Kind::Float, Device::Cpu));
     let t = Tensor::from_slice(&[3i64, 40]);
     let (a, b) = tch::no_grad(|| (net.forward(&xs, &t, None), net2.forward(&xs, &t, None)));

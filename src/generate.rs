@@ -1,0 +1,77 @@
+//! Drawing images from a model in batches: the one batched sampler behind `ddpm sample`,
+//! `ddpm eval`, and the grids and evaluations during training.
+
+use crate::diffusion::sampler::{self, ReverseProcess};
+use crate::logging;
+use crate::spec::Model;
+use tch::{Device, Kind, Tensor};
+
+/// What to draw.
+pub struct Request<'a> {
+    /// How many images (one per label when labels are given).
+    pub n: i64,
+    /// Class labels, `i64 [n]`, for a conditional model.
+    pub labels: Option<&'a Tensor>,
+    /// Images denoised at once.
+    pub batch: i64,
+    /// libtorch is seeded with it before the first noise is drawn.
+    pub seed: u64,
+    pub sampler: &'a ReverseProcess,
+    /// Show a progress bar over all steps of all batches.
+    pub progress: bool,
+}
+
+/// Labels for `n` images of a model with `classes` classes spread evenly, `0, 1, .., k-1,
+/// 0, 1, ..` (None for an unconditional model).
+pub fn cycling_labels(n: i64, classes: i64, device: Device) -> Option<Tensor> {
+    (classes > 0).then(|| Tensor::arange(n, (Kind::Int64, device)).remainder(classes))
+}
+
+/// `per` images of each class in turn, `0, 0, .., 1, 1, ..`: one grid row per class.
+pub fn rows_of_labels(classes: i64, per: i64, device: Device) -> Tensor {
+    Tensor::arange(classes, (Kind::Int64, device)).repeat_interleave_self_int(per, 0, None)
+}
+
+/// Draws `req.n` images (`[N, C, H, W]` in about [-1, 1], on the model's device). `frames`,
+/// if given, receives `k` evenly spaced snapshots of the whole set along the reverse process.
+pub fn draw(model: &Model, req: &Request, mut frames: Option<(&mut Vec<Tensor>, usize)>) -> Tensor {
+    tch::manual_seed(req.seed as i64);
+    let steps = sampler::visited_steps(&model.scheduler, req.sampler.sampler).len();
+    let batch = req.batch.clamp(1, req.n.max(1));
+    let chunks = (req.n + batch - 1) / batch;
+    let bar = match req.progress {
+        true => logging::progress_bar(
+            steps as u64 * chunks as u64,
+            "sampling [{bar:30}] {pos}/{len} steps {per_sec} ETA {eta}",
+        ),
+        false => indicatif::ProgressBar::hidden(),
+    };
+    let keep_at: Vec<usize> = match &frames {
+        Some((_, k)) => (1..=*k).map(|i| i * steps / k - 1).collect(),
+        None => Vec::new(),
+    };
+    let mut parts = Vec::new();
+    let mut chunk_frames: Vec<Vec<Tensor>> = Vec::new();
+    for i in 0..chunks {
+        let b = batch.min(req.n - i * batch);
+        let noise = model.noise(b);
+        let y = req.labels.map(|l| l.narrow(0, i * batch, b));
+        let mut mine = vec![noise.to_device(Device::Cpu)];
+        let x = sampler::sample(model.net.as_ref(), &model.scheduler, noise, y.as_ref(), req.sampler, |j, _, x| {
+            bar.inc(1);
+            if keep_at.contains(&j) {
+                mine.push(x.to_device(Device::Cpu));
+            }
+        });
+        chunk_frames.push(mine);
+        parts.push(x);
+    }
+    bar.finish_and_clear();
+    if let Some((out, _)) = frames.as_mut() {
+        for f in 0..chunk_frames[0].len() {
+            let per: Vec<&Tensor> = chunk_frames.iter().map(|c| &c[f]).collect();
+            out.push(Tensor::cat(&per, 0));
+        }
+    }
+    Tensor::cat(&parts, 0)
+}

@@ -1,0 +1,170 @@
+//! `ddpm sample`: rebuild the model from a checkpoint (its EMA weights when present), run the
+//! reverse process (DDPM or DDIM, guided for conditional models) under no_grad with a progress
+//! bar over the steps, write a PNG grid, and optionally the raw tensor and pictures of the
+//! process.
+
+pub mod options;
+
+use crate::checkpoint::{self, ModelInfo};
+use crate::config::Config;
+use crate::diffusion::sampler;
+use crate::error::UsageError;
+use crate::generate::{self, Request};
+use crate::{device, grid};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+/// Which classes to draw.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LabelChoice {
+    One(i64),
+    /// One row per class.
+    All,
+}
+
+impl std::str::FromStr for LabelChoice {
+    type Err = UsageError;
+
+    /// `all` or a class number (the value of `--label`).
+    fn from_str(s: &str) -> Result<Self, UsageError> {
+        match s {
+            "all" => Ok(Self::All),
+            _ => s
+                .parse()
+                .map(Self::One)
+                .map_err(|_| UsageError(format!("--label {s:?}: expected a class number (0, 1, ...) or all"))),
+        }
+    }
+}
+
+/// What to sample, beyond the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct SampleRequest {
+    pub checkpoint: Option<PathBuf>,
+    pub out: Option<PathBuf>,
+    pub save_tensor: Option<PathBuf>,
+    pub label: Option<LabelChoice>,
+    /// `--guidance` given explicitly (an error for unconditional models).
+    pub guidance_given: bool,
+    /// Also write the reverse process as a PNG (a row per sample) and a GIF.
+    pub process: bool,
+}
+
+/// `ddpm sample`.
+pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
+    if cfg.threads > 0 {
+        tch::set_num_threads(cfg.threads as i32);
+    }
+    let device = device::resolve(&cfg.device)?;
+    let path = req.checkpoint.clone().unwrap_or_else(|| checkpoint::latest_path(&cfg.train.run_dir));
+    if !path.exists() {
+        bail!(UsageError(format!(
+            "no checkpoint at {}: train first (`ddpm train --config ...`) or pass --checkpoint PATH",
+            path.display()
+        )));
+    }
+    let out = req.out.clone().unwrap_or_else(|| cfg.train.run_dir.join("samples.png"));
+    check_writable(&out)?;
+    let loaded =
+        checkpoint::load_model(&path, &ModelInfo::from_config(cfg), device, cfg.channels_last, cfg.sample.ema)?;
+    let classes = loaded.model.num_classes();
+    let mut sc = cfg.sample.sampler_config();
+    let labels = match (&req.label, classes) {
+        (Some(_), 0) => bail!(UsageError(format!(
+            "--label: {} is an unconditional model (network.num_classes = 0)",
+            path.display()
+        ))),
+        (None, 0) if req.guidance_given => {
+            bail!(UsageError(format!(
+                "--guidance: {} is an unconditional model; guidance needs --label and a conditional model",
+                path.display()
+            )))
+        }
+        (None, _) => {
+            sc.guidance = 1.0;
+            None
+        }
+        (Some(LabelChoice::One(y)), k) if *y < 0 || *y >= k => {
+            bail!(UsageError(format!(
+                "--label {y} is outside the model's classes 0..{} ({})",
+                k - 1,
+                loaded.info.spec.class_names.join(", ")
+            )))
+        }
+        (Some(LabelChoice::One(y)), _) => Some(Tensor::full([cfg.sample.n_samples], *y, (Kind::Int64, device))),
+        (Some(LabelChoice::All), k) => {
+            let per = (cfg.sample.n_samples + k - 1) / k;
+            for (i, name) in loaded.info.spec.class_names.iter().enumerate() {
+                tracing::info!("row {i}: class {i} ({name})");
+            }
+            Some(generate::rows_of_labels(k, per, device))
+        }
+    };
+    if labels.is_some() {
+        loaded.info.warn_untrained_null_class(&path, sc.guidance);
+    }
+    let n = labels.as_ref().map_or(cfg.sample.n_samples, |l| l.size()[0]);
+    let [c, h, w] = loaded.info.spec.image_shape;
+    let bytes = n as f64 * (c * h * w) as f64 * 4.0;
+    if bytes > 8e9 {
+        bail!(UsageError(format!(
+            "--n-samples {n} would need {:.1} GB for the results alone; ask for at most {}",
+            bytes / 1e9,
+            (8e9 / ((c * h * w) as f64 * 4.0)) as i64
+        )));
+    }
+    let steps = sampler::visited_steps(&loaded.model.scheduler, sc.sampler).len();
+    tracing::info!(
+        "sampling {n} images from {} ({} weights, epoch {}, step {}) with {} in {steps} steps on {}",
+        path.display(),
+        if loaded.ema { "EMA" } else { "raw" },
+        loaded.info.epoch,
+        loaded.info.step,
+        cfg.sample.sampler,
+        device::describe(device)
+    );
+    let started = Instant::now();
+    let mut frames = Vec::new();
+    let frames_arg = req.process.then_some((&mut frames, 10.min(steps)));
+    let req_draw = Request {
+        n,
+        labels: labels.as_ref(),
+        batch: cfg.sample.batch_size,
+        seed: cfg.seed,
+        sampler: &sc,
+        progress: true,
+    };
+    let xs = generate::draw(&loaded.model, &req_draw, frames_arg);
+    tracing::info!("sampled {n} images in {:.2} s", started.elapsed().as_secs_f64());
+    let cols = match (&req.label, classes) {
+        (Some(LabelChoice::All), k) if k > 0 => n / k,
+        _ => grid::default_cols(n),
+    };
+    grid::save_png(&grid::grid_image(&xs, cols, cfg.sample.padding)?, &out)
+        .with_context(|| format!("cannot write the grid to {}", out.display()))?;
+    tracing::info!("wrote {}", out.display());
+    if let Some(t) = &req.save_tensor {
+        check_writable(t)?;
+        let xs = xs.to_device(tch::Device::Cpu);
+        Tensor::write_safetensors(&[("samples", &xs)], t)
+            .with_context(|| format!("cannot write samples to {}", t.display()))?;
+        tracing::info!("wrote {}", t.display());
+    }
+    if req.process {
+        let (png, gif) = crate::process::write(&frames, &out, cfg.sample.padding)?;
+        tracing::info!("wrote {} and {}", png.display(), gif.display());
+    }
+    Ok(out)
+}
+
+/// Fails early, with the path named, when `path`'s folder cannot be created or written.
+fn check_writable(path: &Path) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| UsageError(format!("cannot write {}: {e}", path.display())))?;
+    let probe = dir.join(format!(".ddpm-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| UsageError(format!("cannot write {}: {e}", path.display())))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! The `sample:` section of options.yml: how `ddpm sample`, `ddpm eval` and the per-epoch
+//! grids draw images.
+
+use crate::diffusion::ddim::Spacing;
+use crate::diffusion::ddpm::StepOptions;
+use crate::diffusion::sampler::{ReverseProcess, Sampler, SamplerKind};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SampleConfig {
+    pub n_samples: i64,
+    /// The demo's variance: beta_t (true) or the posterior variance (false).
+    pub simple_var: bool,
+    /// Estimate x0, clamp it to [-1, 1] and step with the posterior mean.
+    pub clip_x0: bool,
+    /// Images denoised at once; larger counts are done in batches.
+    pub batch_size: i64,
+    /// Pixels between tiles in the PNG grid.
+    pub padding: i64,
+    /// `ddpm` (ancestral, every step) or `ddim`.
+    pub sampler: SamplerKind,
+    /// DDIM: number of steps.
+    pub steps: i64,
+    /// DDIM: noise scale (0 = deterministic, 1 = DDPM's posterior variance).
+    pub eta: f64,
+    /// DDIM: `uniform` or `quadratic` timestep spacing.
+    pub spacing: Spacing,
+    /// Classifier-free guidance weight for conditional models (1 = no guidance).
+    pub guidance: f64,
+    /// Use the EMA weights when the checkpoint has them.
+    pub ema: bool,
+}
+
+impl Default for SampleConfig {
+    fn default() -> Self {
+        Self {
+            n_samples: 81,
+            simple_var: true,
+            clip_x0: false,
+            batch_size: 256,
+            padding: 0,
+            sampler: SamplerKind::Ddpm,
+            steps: 50,
+            eta: 1.0,
+            spacing: Spacing::Uniform,
+            guidance: 2.0,
+            ema: true,
+        }
+    }
+}
+
+fn check(ok: bool, key: &str, value: impl std::fmt::Display, allowed: &str) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("sample.{key} = {value} is not allowed: {allowed}"))
+    }
+}
+
+impl SampleConfig {
+    /// Checks the values for a schedule of `n_steps`; the message names the key.
+    pub fn validate(&self, n_steps: i64) -> Result<(), String> {
+        check(self.n_samples >= 1, "n_samples", self.n_samples, "n_samples >= 1")?;
+        check(self.batch_size >= 1, "batch_size", self.batch_size, "batch_size >= 1")?;
+        check(self.padding >= 0, "padding", self.padding, "padding >= 0")?;
+        let ddim = self.sampler == SamplerKind::Ddim;
+        check(
+            self.steps >= 1 && (!ddim || self.steps <= n_steps),
+            "steps",
+            self.steps,
+            &format!("1 <= steps <= n_steps ({n_steps})"),
+        )?;
+        check((0.0..=1.0).contains(&self.eta), "eta", self.eta, "0 <= eta <= 1")?;
+        check(self.guidance >= 0.0 && self.guidance.is_finite(), "guidance", self.guidance, "guidance >= 0 (1 = none)")
+    }
+
+    /// The reverse process these settings describe (guidance as configured).
+    pub fn sampler_config(&self) -> ReverseProcess {
+        let sampler = match self.sampler {
+            SamplerKind::Ddpm => Sampler::Ddpm,
+            SamplerKind::Ddim => Sampler::Ddim { steps: self.steps as usize, eta: self.eta, spacing: self.spacing },
+        };
+        ReverseProcess {
+            sampler,
+            opts: StepOptions { simple_var: self.simple_var, clip_x0: self.clip_x0 },
+            guidance: self.guidance,
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! `ddpm train`: the whole dataset in memory as u8, a fresh permutation each epoch, batches
+//! converted to [-1, 1] on the device, `t ~ U{0..n_steps-1}` and `noise ~ N(0, 1)` per sample,
+//! loss `MSE(net(x_t, t), noise)`, Adam, and an EMA of the weights. The host syncs with the
+//! device only when the loss is logged (every `train.log_every` steps).
+//!
+//! The random generator is re-seeded from `(seed, epoch)` for each epoch's permutation and from
+//! `(seed, step)` for each step. A run is therefore reproducible, the per-epoch sample grids
+//! (drawn from a fixed seed) do not disturb the training stream, and a resumed run needs only
+//! the step, the epoch and the position in the epoch to continue exactly where it stopped.
+//!
+//! Files: [`options`] (the `train:` section), [`step`] (the training step, also what
+//! `ddpm bench` times), [`streams`] (its two-stream CPU variant), `run.rs` (the loop),
+//! `state.rs` (save, resume, broadcast), `epoch_end.rs` (metrics, grids, evaluation).
+
+mod epoch_end;
+pub mod options;
+mod run;
+mod state;
+pub mod step;
+pub mod streams;
+
+use crate::checkpoint::ModelInfo;
+use crate::config::Config;
+use crate::data::{self, ImageDataset, Split};
+use crate::dist::{DistEnv, ProcessGroup};
+use crate::error::UsageError;
+use crate::run_dir::{self, RunLock};
+use crate::score::classifier::Classifier;
+use crate::{device, interrupt, logging};
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use step::Learner;
+use tch::Device;
+
+pub use options::TrainConfig;
+
+/// How to start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrainOptions {
+    /// Continue from the run_dir's latest checkpoint.
+    pub resume: bool,
+    /// Start over in a run_dir that already has checkpoints, deleting them.
+    pub overwrite: bool,
+}
+
+/// Where training stands: `epoch` (1-based) and the batches of it already done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    step: i64,
+    epoch: i64,
+    batch: i64,
+}
+
+/// A training run: what the loop, the saves and the epoch ends share.
+struct Trainer<'a> {
+    cfg: &'a Config,
+    run_dir: PathBuf,
+    dataset: ImageDataset,
+    learner: Learner,
+    info: ModelInfo,
+    pos: Position,
+    curve: Vec<(i64, f64)>,
+    /// The classifier and test split for evaluation during training, when enabled.
+    evaluator: Option<(Classifier, ImageDataset)>,
+    /// The process group of a data-parallel run (None: a single process).
+    dist: Option<ProcessGroup>,
+    /// A stop agreed by all ranks at the last step (data-parallel runs).
+    stop: Option<u8>,
+    /// `DDPM_TRACE_DIR`: record each step's inputs and the weights (trajectory parity tests).
+    trace: Option<crate::trace::Trace>,
+}
+
+impl Trainer<'_> {
+    /// Rank 0 (or the only process) writes checkpoints, grids, logs and metrics.
+    fn is_main(&self) -> bool {
+        self.dist.as_ref().is_none_or(|d| d.rank == 0)
+    }
+
+    fn steps_per_epoch(&self) -> i64 {
+        (self.dataset.len() + self.cfg.train.batch_size - 1) / self.cfg.train.batch_size
+    }
+
+    fn total_steps(&self) -> i64 {
+        let all = self.steps_per_epoch() * self.cfg.train.n_epochs;
+        match self.cfg.train.max_steps {
+            0 => all,
+            m => m.min(all),
+        }
+    }
+}
+
+/// `ddpm train`.
+pub fn train(cfg: &Config, opts: TrainOptions) -> Result<()> {
+    let env = DistEnv::from_env()?;
+    match (&env, cfg.threads) {
+        (_, n) if n > 0 => tch::set_num_threads(n as i32),
+        // Workers on one machine share its cores instead of each taking all of them.
+        (Some(e), _) => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            tch::set_num_threads((cores / e.local_world_size.max(1)).max(1) as i32);
+        }
+        _ => {}
+    }
+    let mut device = device::resolve(&cfg.device)?;
+    if let (Some(e), Device::Cuda(_)) = (&env, device) {
+        device = Device::Cuda(e.local_rank);
+    }
+    interrupt::install()?;
+    let dist = match &env {
+        None => None,
+        Some(e) => {
+            let pg = ProcessGroup::from_env(e, device)?;
+            if e.rank == 0 {
+                tracing::info!(
+                    "data-parallel: {} processes ({}, rendezvous {}:{}), {} images per process per step",
+                    e.world_size,
+                    pg.backend,
+                    e.master_addr,
+                    e.master_port,
+                    cfg.train.batch_size / e.world_size as i64
+                );
+            }
+            Some(pg)
+        }
+    };
+    let main = dist.as_ref().is_none_or(|d| d.rank == 0);
+    let run_dir = cfg.train.run_dir.clone();
+    let _lock = match main {
+        true => {
+            std::fs::create_dir_all(&run_dir)
+                .with_context(|| format!("cannot create run_dir {}", run_dir.display()))?;
+            let lock = RunLock::acquire(&run_dir)?;
+            run_dir::check_fresh_start(&run_dir, opts.resume, opts.overwrite)?;
+            crate::fsutil::write_atomic(&run_dir.join("config.yml"), cfg.to_yaml().as_bytes())
+                .with_context(|| format!("cannot write into run_dir {}", run_dir.display()))?;
+            logging::log_to_file(&run_dir.join("train.log"))?;
+            tracing::info!("run directory {}", run_dir.display());
+            Some(lock)
+        }
+        false => None,
+    };
+    if let Some(d) = &dist {
+        if cfg.train.batch_size < d.world_size as i64 {
+            bail!(UsageError(format!(
+                "train.batch_size = {} is smaller than the {} processes: each needs at least one image per step",
+                cfg.train.batch_size, d.world_size
+            )));
+        }
+    }
+
+    let dataset = data::load(&cfg.dataset, Split::Train)?;
+    let name = cfg.dataset.name;
+    let shape = cfg.image_shape();
+    if dataset.image_shape() != shape {
+        bail!(
+            "{} images are {:?}, but {} images should be {:?}",
+            cfg.dataset.root.display(),
+            dataset.image_shape(),
+            name.as_str(),
+            shape
+        );
+    }
+    tracing::info!("{}: {} training images of {:?}", name.as_str(), dataset.len(), shape);
+
+    let mut info = ModelInfo::from_config(cfg);
+    info.spec.class_names = dataset.class_names.clone();
+    let learner = Learner::new(cfg, &info.spec, device, dist.is_some())?;
+    tracing::info!(
+        "network {}, classes {}: {} trainable parameters; EMA {}; device {}",
+        cfg.network.describe(),
+        cfg.network.num_classes(),
+        crate::model::trainable_parameters(&learner.model.vs),
+        if cfg.train.ema_decay > 0.0 { format!("decay {}", cfg.train.ema_decay) } else { "off".into() },
+        device::describe(device)
+    );
+    if learner.streams() == 2 {
+        tracing::info!(
+            "two compute streams of {} threads each (streams: 1 switches them off)",
+            (tch::get_num_threads() / 2).max(1)
+        );
+    }
+    let evaluator = match cfg.train.eval_every > 0 && main {
+        true => {
+            let test = data::load(&cfg.dataset, Split::Test)?;
+            Some((crate::score::classifier_for(&cfg.dataset, &dataset, &test, device)?, test))
+        }
+        false => None,
+    };
+    let mut trainer = Trainer {
+        cfg,
+        run_dir,
+        dataset,
+        learner,
+        info,
+        pos: Position { step: 0, epoch: 0, batch: 0 },
+        curve: Vec::new(),
+        evaluator,
+        dist,
+        stop: None,
+        trace: crate::trace::Trace::from_env()?,
+    };
+    if opts.resume && main {
+        trainer.resume()?;
+    }
+    trainer.broadcast_state()?;
+    if let Some(tr) = &trainer.trace {
+        tr.initial(trainer.pos.step, &trainer.learner.model.vs)?;
+    }
+    trainer.run()
+}

@@ -1,0 +1,197 @@
+//! The loop: epochs of batches in a fresh permutation, the loss logged every
+//! `train.log_every` steps (the only host syncs), a stop on Ctrl-C or SIGTERM that saves
+//! first, and the epoch ends.
+
+use super::epoch_end::Logs;
+use super::step::{derived_seed, Shard, SEED_EPOCH, SEED_STEP};
+use super::{Position, Trainer};
+use crate::error::{Interrupted, EXIT_SIGINT, EXIT_SIGTERM};
+use crate::{checkpoint, interrupt, logging};
+use anyhow::{bail, Result};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+impl Trainer<'_> {
+    /// One optimizer step on the global batch `idx`; returns the (device) loss. In a
+    /// data-parallel run the gradients, the loss and a stop flag go through one all-reduce; the
+    /// flag makes every rank stop at the same step when any of them got a signal.
+    fn step(&mut self, idx: &Tensor) -> Result<Tensor> {
+        let full = idx.size()[0];
+        let shard = match &self.dist {
+            None => Shard::whole(full),
+            Some(d) => Shard::of(d.rank as i64, d.world_size as i64, full),
+        };
+        let device = self.learner.model.device();
+        let (x0, labels) = super::step::batch_of(&self.dataset, idx, shard, device);
+        let seed = derived_seed(self.cfg.seed, SEED_STEP, self.pos.step);
+        let inp = self.learner.inputs(x0, &labels, shard, seed);
+        if let Some(tr) = &self.trace {
+            let idx = idx.narrow(0, shard.start, shard.len);
+            tr.inputs(self.pos.step + 1, &idx, &inp.x0, &inp.t, &inp.noise, inp.labels.as_ref())?;
+        }
+        let loss = match &self.dist {
+            None => self.learner.step(&inp, self.pos.step, None)?,
+            Some(d) => {
+                let mut stop = None;
+                let mut reduce = |grads: &[Tensor], loss: &Tensor| -> Result<()> {
+                    let code = interrupt::pending();
+                    let flag = Tensor::from(match code {
+                        None => 0f32,
+                        Some(EXIT_SIGINT) => 1.0,
+                        Some(_) => 1000.0,
+                    })
+                    .to_device(device);
+                    let mut all: Vec<&Tensor> = grads.iter().collect();
+                    all.push(loss);
+                    all.push(&flag);
+                    d.all_reduce_mean(&all)?;
+                    let f = flag.double_value(&[]) * d.world_size as f64;
+                    if f > 0.5 {
+                        stop = Some(code.unwrap_or(if f >= 999.5 { EXIT_SIGTERM } else { EXIT_SIGINT }));
+                    }
+                    Ok(())
+                };
+                let loss = self.learner.step(&inp, self.pos.step, Some(&mut reduce))?;
+                self.stop = stop;
+                loss
+            }
+        };
+        self.pos.step += 1;
+        if let Some(tr) = &self.trace {
+            tr.after_step(self.pos.step, &loss, &self.learner.model.vs, &self.learner.opt)?;
+        }
+        Ok(loss)
+    }
+
+    /// A stop requested by a signal: this process's, or in a data-parallel run the one all
+    /// ranks agreed on at the last step.
+    fn stop_requested(&self) -> Option<u8> {
+        match &self.dist {
+            None => interrupt::pending(),
+            Some(_) => self.stop,
+        }
+    }
+
+    /// Saves and returns the error that makes `main` exit with `code`.
+    fn interrupted(&mut self, code: u8) -> anyhow::Error {
+        if let Some(d) = self.dist.as_ref().filter(|d| d.rank != 0) {
+            let message = format!("rank {} stopped with the others at step {}", d.rank, self.pos.step);
+            return Interrupted { code, message }.into();
+        }
+        if let Err(e) = self.save(false) {
+            return e;
+        }
+        let how = if code == EXIT_SIGINT { "Ctrl-C" } else { "SIGTERM" };
+        Interrupted {
+            code,
+            message: format!(
+                "interrupted by {how} at step {} (epoch {}); saved {}. Continue with `ddpm train --config <this config> --resume`",
+                self.pos.step,
+                self.pos.epoch,
+                checkpoint::latest_path(&self.run_dir).display()
+            ),
+        }
+        .into()
+    }
+
+    /// Trains until `n_epochs` or `max_steps`.
+    pub(super) fn run(&mut self) -> Result<()> {
+        let c = self.cfg;
+        let n_images = self.dataset.len();
+        let bs = c.train.batch_size;
+        let spe = self.steps_per_epoch();
+        let total = self.total_steps();
+        let mut logs = match self.is_main() {
+            true => Some(Logs::open(&self.run_dir)?),
+            false => None,
+        };
+        let started = Instant::now();
+        if self.pos.batch >= spe {
+            self.pos = Position { epoch: self.pos.epoch + 1, batch: 0, ..self.pos };
+        }
+        if self.pos.epoch == 0 {
+            self.pos.epoch = 1;
+        }
+        while self.pos.epoch <= c.train.n_epochs && self.pos.step < total {
+            let epoch = self.pos.epoch;
+            let epoch_start = Instant::now();
+            tch::manual_seed(derived_seed(c.seed, SEED_EPOCH, epoch));
+            let perm = Tensor::randperm(n_images, (Kind::Int64, Device::Cpu));
+            let last_batch = spe.min(self.pos.batch + total - self.pos.step);
+            let bar = logging::progress_bar(
+                (last_batch - self.pos.batch) as u64,
+                "{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}",
+            );
+            bar.set_prefix(format!("epoch {epoch}/{}", c.train.n_epochs));
+            let device = self.learner.model.device();
+            let mut epoch_sum = Tensor::zeros([], (Kind::Float, device));
+            let mut window_sum = Tensor::zeros([], (Kind::Float, device));
+            let (mut window_steps, mut window_images, mut window_start) = (0i64, 0i64, Instant::now());
+            let (mut epoch_steps, mut epoch_images) = (0i64, 0i64);
+            while self.pos.batch < last_batch {
+                let b = self.pos.batch;
+                let len = bs.min(n_images - b * bs);
+                let loss = self.step(&perm.narrow(0, b * bs, len))?;
+                self.pos.batch += 1;
+                epoch_sum += &loss;
+                window_sum += &loss;
+                (window_steps, window_images) = (window_steps + 1, window_images + len);
+                (epoch_steps, epoch_images) = (epoch_steps + 1, epoch_images + len);
+                bar.inc(1);
+                let step = self.pos.step;
+                if step % c.train.log_every == 0 || self.pos.batch == last_batch {
+                    let mean = window_sum.double_value(&[]) / window_steps as f64;
+                    if !mean.is_finite() {
+                        bar.abandon();
+                        bail!(
+                            "the loss became {mean} at step {step} (epoch {epoch}); stopping without saving. \
+                             The last good checkpoint is {} (try a lower train.lr)",
+                            checkpoint::latest_path(&self.run_dir).display()
+                        );
+                    }
+                    let ips = window_images as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
+                    self.curve.push((step, mean));
+                    bar.set_message(format!("loss {mean:.4} | {ips:.0} img/s"));
+                    let row = serde_json::json!({
+                        "step": step, "epoch": epoch, "loss": mean, "lr": self.learner.opt.lr,
+                        "images_per_sec": ips, "elapsed_sec": started.elapsed().as_secs_f64()
+                    });
+                    if let Some(logs) = &mut logs {
+                        logs.window(&row, step, mean, ips)?;
+                    }
+                    let _ = window_sum.zero_();
+                    (window_steps, window_images, window_start) = (0, 0, Instant::now());
+                }
+                if let Some(code) = self.stop_requested() {
+                    bar.abandon();
+                    if let Some(logs) = &mut logs {
+                        logs.flush()?;
+                    }
+                    return Err(self.interrupted(code));
+                }
+            }
+            bar.finish_and_clear();
+            let epoch_loss = epoch_sum.double_value(&[]) / epoch_steps.max(1) as f64;
+            let secs = epoch_start.elapsed().as_secs_f64();
+            tracing::info!(
+                "epoch {epoch}/{}: loss {epoch_loss:.5}, {epoch_steps} steps, {secs:.1} s, {:.0} images/s",
+                c.train.n_epochs,
+                epoch_images as f64 / secs
+            );
+            if let Some(logs) = &mut logs {
+                logs.epoch(self.pos.step, epoch_loss)?;
+                self.epoch_end(epoch, self.pos.batch == spe)?;
+            }
+            if self.pos.batch == spe {
+                self.pos = Position { epoch: epoch + 1, batch: 0, ..self.pos };
+            }
+        }
+        tracing::info!(
+            "done: step {} in {:.1} s; checkpoint {}; sample with `ddpm sample --config <this config>`",
+            self.pos.step,
+            started.elapsed().as_secs_f64(),
+            checkpoint::latest_path(&self.run_dir).display()
+        );
+        Ok(())
+    }
+}

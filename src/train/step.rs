@@ -1,0 +1,220 @@
+//! One training step, the only one: the random draws of a batch (flips, `t`, noise, label
+//! dropout), the loss `MSE(net(x_t, t, y), noise)`, backward (in one or two compute streams,
+//! under bf16 autocast when configured), the gradients' all-reduce in a data-parallel run,
+//! clipping, warm-up, Adam and the EMA update. `ddpm train` and `ddpm bench` both run it.
+
+use super::options::{Optimizer, Precision};
+use super::streams::{self, Streams};
+use crate::config::Config;
+use crate::data::ImageDataset;
+use crate::ema::Ema;
+use crate::model::Denoiser;
+use crate::optim::{Adam, AdamConfig};
+use crate::spec::{Model, ModelSpec};
+use anyhow::Result;
+use tch::{Device, Kind, Reduction, Tensor};
+
+/// Seeds derived from the run's seed, one stream per purpose (splitmix64; positive).
+pub fn derived_seed(seed: u64, purpose: u64, index: i64) -> i64 {
+    let mut z = seed ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (index as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 1) as i64
+}
+/// The purpose of the seed of an epoch's permutation.
+pub const SEED_EPOCH: u64 = 1;
+/// The purpose of the seed of a step's random draws.
+pub const SEED_STEP: u64 = 2;
+
+/// The training loss: mean squared error between the noise and the network's prediction of
+/// it (in fp32 whatever the autocast dtype).
+pub fn denoising_loss(net: &dyn Denoiser, x_t: &Tensor, t: &Tensor, labels: Option<&Tensor>, noise: &Tensor) -> Tensor {
+    net.forward(x_t, t, labels).to_kind(Kind::Float).mse_loss(noise, Reduction::Mean)
+}
+
+/// This process's part `[start, start + len)` of a global batch of `full` images split over
+/// `world` processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub start: i64,
+    pub len: i64,
+    pub full: i64,
+    pub world: i64,
+}
+
+impl Shard {
+    /// The whole batch, in a single process.
+    pub fn whole(full: i64) -> Self {
+        Self { start: 0, len: full, full, world: 1 }
+    }
+
+    /// Rank `rank`'s part.
+    pub fn of(rank: i64, world: i64, full: i64) -> Self {
+        let start = rank * full / world;
+        Self { start, len: (rank + 1) * full / world - start, full, world }
+    }
+
+    /// Unequal shards (a short last batch) weigh their mean loss by their share of the batch.
+    fn weight(&self) -> f64 {
+        (self.len * self.world) as f64 / self.full as f64
+    }
+}
+
+/// A step's inputs, as trained on.
+pub struct StepInputs {
+    pub shard: Shard,
+    /// This shard's images, after flips, in [-1, 1].
+    pub x0: Tensor,
+    pub t: Tensor,
+    pub noise: Tensor,
+    /// Labels after dropout to the null class (conditional networks).
+    pub labels: Option<Tensor>,
+    /// `sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`.
+    pub x_t: Tensor,
+}
+
+/// The images and labels of `shard` of the global batch `idx` (an index tensor).
+pub fn batch_of(dataset: &ImageDataset, idx: &Tensor, shard: Shard, device: Device) -> (Tensor, Tensor) {
+    let idx = idx.narrow(0, shard.start, shard.len);
+    (dataset.batch(&idx, device), dataset.labels.index_select(0, &idx).to_device(device))
+}
+
+/// Called between backward and the update with the gradients and the loss (both reduced in
+/// place across the processes of a data-parallel run).
+pub type Reduce<'a> = &'a mut dyn FnMut(&[Tensor], &Tensor) -> Result<()>;
+
+/// The model being trained, with what updates it.
+pub struct Learner {
+    pub model: Model,
+    /// The averaging and the averaged model, when `train.ema_decay > 0`.
+    pub ema: Option<(Ema, Model)>,
+    pub opt: Adam,
+    /// The second compute stream and the trainable variables it adds gradients to.
+    streams: Option<(Streams, Vec<Tensor>)>,
+    /// Forward under bf16 autocast.
+    bf16: bool,
+    cfg: Config,
+}
+
+impl Learner {
+    /// A fresh model for `cfg` on `device`, its weights drawn from `cfg.seed`.
+    pub fn new(cfg: &Config, spec: &ModelSpec, device: Device, distributed: bool) -> Result<Self> {
+        tch::manual_seed(cfg.seed as i64);
+        let model = spec.build(device, cfg.channels_last);
+        let ema = (cfg.train.ema_decay > 0.0).then(|| {
+            let mut averaged = spec.build(device, cfg.channels_last);
+            (Ema::new(&model.vs, &mut averaged.vs, cfg.train.ema_decay), averaged)
+        });
+        let t = &cfg.train;
+        let adam = AdamConfig {
+            weight_decay: t.weight_decay,
+            decoupled: t.optimizer == Optimizer::AdamW,
+            ..Default::default()
+        };
+        let opt = Adam::new(&model.vs, t.lr, adam);
+        if t.precision == Precision::Bf16 {
+            // libtorch's CUDA autocast defaults to float16; bf16 it is, on every device type.
+            crate::precision::set_autocast_dtype(true, Kind::BFloat16)?;
+            crate::precision::set_autocast_dtype(false, Kind::BFloat16)?;
+        }
+        let bf16 = t.precision == Precision::Bf16 && crate::precision::bf16_available(device);
+        if t.precision == Precision::Bf16 && !bf16 {
+            tracing::warn!(
+                "train.precision bf16: oneDNN has no bf16 support on this CPU (it needs AVX512-BF16 or AMX); this run trains in fp32"
+            );
+        }
+        let streams = match streams::wanted(cfg, device, distributed) {
+            2 => {
+                let params = crate::model::trainable_sorted(&model.vs).into_iter().map(|(_, t)| t).collect();
+                Some((Streams::new(cfg, spec, &model.vs)?, params))
+            }
+            _ => None,
+        };
+        Ok(Self { model, ema, opt, streams, bf16, cfg: cfg.clone() })
+    }
+
+    /// Compute streams of the step (1 or 2).
+    pub fn streams(&self) -> usize {
+        if self.streams.is_some() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// The model to sample from: the EMA weights when there are any.
+    pub fn sampling_model(&self) -> &Model {
+        self.ema.as_ref().map_or(&self.model, |(_, m)| m)
+    }
+
+    /// Draws the step's random numbers from `seed` for the whole global batch and keeps
+    /// `shard`'s part of them, so N processes take the step one process would take. `x0` and
+    /// `labels` are the shard's images in [-1, 1] and their classes.
+    pub fn inputs(&self, x0: Tensor, labels: &Tensor, shard: Shard, seed: i64) -> StepInputs {
+        let (device, full, lo, len) = (self.model.device(), shard.full, shard.start, shard.len);
+        let [c, h, w] = self.model.image_shape;
+        tch::manual_seed(seed);
+        let mut x0 = self.model.layout(x0);
+        if self.cfg.train.hflip {
+            let flip = Tensor::rand([full, 1, 1, 1], (Kind::Float, device)).narrow(0, lo, len).lt(0.5);
+            x0 = x0.flip([3]).where_self(&flip, &x0);
+        }
+        let t = Tensor::randint(self.cfg.ddpm.n_steps, [full], (Kind::Int64, device)).narrow(0, lo, len);
+        let noise = self.model.layout(Tensor::randn([full, c, h, w], (Kind::Float, device)).narrow(0, lo, len));
+        let k = self.model.num_classes();
+        let labels = (k > 0).then(|| {
+            // Label dropout to the null class (index k) for classifier-free guidance.
+            let drop = Tensor::rand([full], (Kind::Float, device)).narrow(0, lo, len).lt(self.cfg.train.cond_drop_prob);
+            labels.where_self(&drop.logical_not(), &labels.full_like(k))
+        });
+        let x_t = self.model.scheduler.add_noise(&x0, &noise, &t);
+        StepInputs { shard, x0, t, noise, labels, x_t }
+    }
+
+    /// One optimizer step on `inp` after `done` steps; returns the (device) loss of the batch.
+    pub fn step(&mut self, inp: &StepInputs, done: i64, reduce: Option<Reduce>) -> Result<Tensor> {
+        let t = &self.cfg.train;
+        if t.warmup_steps > 0 {
+            // The paper's warm-up: lr * min(1, step / warmup) with step the updates done so far.
+            self.opt.lr = t.lr * (done as f64 / t.warmup_steps as f64).min(1.0);
+        }
+        let net = self.model.net.as_ref();
+        let labels = inp.labels.as_ref();
+        let loss = match &self.streams {
+            Some((streams, params)) => {
+                // Two streams: this thread and the worker each take half of the batch.
+                self.opt.zero_grad();
+                streams.forward_backward(net, params, &inp.x_t, &inp.t, labels, &inp.noise)?
+            }
+            None => {
+                net.set_training(true);
+                let forward = || denoising_loss(net, &inp.x_t, &inp.t, labels, &inp.noise);
+                let loss = match self.bf16 {
+                    true => crate::precision::with_bf16_autocast(self.model.device(), forward)?,
+                    false => forward(),
+                };
+                net.set_training(false);
+                self.opt.zero_grad();
+                let weight = inp.shard.weight();
+                let scaled = if weight != 1.0 { &loss * weight } else { loss.shallow_clone() };
+                scaled.backward();
+                match reduce {
+                    None => loss.detach(),
+                    Some(reduce) => {
+                        let loss = scaled.detach().copy();
+                        reduce(&self.opt.grads(), &loss)?;
+                        loss
+                    }
+                }
+            }
+        };
+        if t.grad_clip > 0.0 {
+            self.opt.clip_grad_norm(t.grad_clip);
+        }
+        self.opt.step();
+        if let Some((ema, _)) = &mut self.ema {
+            ema.update(done);
+        }
+        Ok(loss)
+    }
+}
