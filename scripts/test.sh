@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Set up libtorch if needed, then run the lint checks and the whole test suite.
+# Set up libtorch, the venv and the real datasets if needed, then run the lint checks and both
+# test tiers (the fast one `cargo test` runs, and the slow one marked #[ignore = "slow: ..."]).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --data mnist --data fashion-mnist
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
-cargo test --all-targets -- --test-threads 2
+cargo test --all-targets -- --include-ignored --test-threads 2

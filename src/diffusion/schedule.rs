@@ -96,3 +96,38 @@ impl Schedule {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Golden values (PyTorch, float64):
+    /// ```python
+    /// b = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64); ab = torch.cumprod(1 - b, 0)
+    /// ab[0], ab[499], ab[999]  # 0.9999, 0.07858724288177824, 4.0358297653756754e-05
+    /// (1 - ab[486]) / (1 - ab[487]) * b[487]  # 0.009791571985690044
+    /// ```
+    #[test]
+    fn schedule_golden_numbers() {
+        let s = Schedule::linear(1000, 1e-4, 0.02);
+        assert_eq!(s.betas.len(), 1000);
+        assert!((s.betas[999] - 0.02).abs() < 1e-15);
+        assert!((s.alphas_cumprod[0] - 0.9999).abs() < 1e-15);
+        assert!((s.alphas_cumprod[499] - 0.07858724288177824).abs() < 1e-12);
+        assert!((s.alphas_cumprod[999] - 4.0358297653756754e-05).abs() < 1e-15);
+        assert!((s.posterior_variance(487) - 0.00979).abs() < 1e-5);
+        assert!((s.posterior_variance(487) - 0.009791571985690044).abs() < 1e-12);
+        assert_eq!(s.posterior_variance(0), 0.0);
+        assert_eq!(s.step_variance(487, true), s.betas[487]);
+    }
+
+    #[test]
+    fn config_validation_names_the_key() {
+        assert!(ScheduleConfig::default().validate().is_ok());
+        let e = ScheduleConfig { n_steps: 0, ..Default::default() }.validate().unwrap_err();
+        assert!(e.contains("ddpm.n_steps = 0"), "{e}");
+        let e = ScheduleConfig { min_beta: 0.03, ..Default::default() }.validate().unwrap_err();
+        assert!(e.contains("0.03/0.02") && e.contains("min_beta < max_beta"), "{e}");
+        assert_eq!(ScheduleConfig { n_steps: 10, ..Default::default() }.build().n_steps(), 10);
+    }
+}

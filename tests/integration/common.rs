@@ -88,16 +88,39 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// The shared real datasets, or None (the caller prints that it skipped).
-pub fn shared_datasets() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets");
-    p.join("mnist/train-images-idx3-ubyte.gz").exists().then_some(p)
+/// What a test needs from the set-up (`scripts/setup.sh`) is missing: the test fails and says
+/// how to get it, or, with `DDPM_TEST_SKIP_MISSING=1`, says it skipped and returns None.
+fn missing<T>(what: &str, how: &str) -> Option<T> {
+    if std::env::var("DDPM_TEST_SKIP_MISSING").is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED: {what} is absent ({how})");
+        return None;
+    }
+    panic!("{what} is absent: {how} (or set DDPM_TEST_SKIP_MISSING=1 to skip the tests that need it)");
 }
 
-/// The project's venv Python, if set up.
+/// The folder holding the real `mnist/` and `fashion-mnist/`: `../shared/datasets`, else the
+/// project's `data/` as `scripts/setup.sh --data mnist --data fashion-mnist` fills it.
+pub fn real_datasets() -> Option<PathBuf> {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let complete = |p: &Path| {
+        ["mnist", "fashion-mnist"].iter().all(|d| {
+            let f = p.join(d).join("train-images-idx3-ubyte");
+            f.exists() || f.with_extension("gz").exists()
+        })
+    };
+    match [here.join("../shared/datasets"), here.join("data")].into_iter().find(|p| complete(p)) {
+        Some(p) => Some(p),
+        None => missing("real MNIST and Fashion-MNIST", "run scripts/setup.sh --data mnist --data fashion-mnist"),
+    }
+}
+
+/// The project's venv Python (with torch and safetensors).
 pub fn venv_python() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    p.exists().then_some(p)
+    match p.exists() {
+        true => Some(p),
+        false => missing(".venv", "run scripts/setup.sh"),
+    }
 }
 
 /// libtorch's random generator is global to the test binary: tests that seed it and draw from

@@ -176,10 +176,7 @@ fn cifar10_record_length_and_label_errors() {
 
 #[test]
 fn real_mnist_and_fashion_mnist() {
-    let Some(root) = shared_datasets() else {
-        eprintln!("SKIPPED real_mnist_and_fashion_mnist: ../shared/datasets is absent");
-        return;
-    };
+    let Some(root) = real_datasets() else { return };
     let train = data::load(&cfg(&root, "mnist"), Split::Train).unwrap();
     let test = data::load(&cfg(&root, "mnist"), Split::Test).unwrap();
     assert_eq!(train.images.size(), vec![60000, 1, 28, 28]);

@@ -33,6 +33,7 @@ fn max_diff(a: &Path, b: &Path) -> f32 {
 /// process: the weights, the EMA, the Adam moments and the logged losses agree to float
 /// tolerance, and the weights moved.
 #[test]
+#[ignore = "slow: several processes"]
 fn n_processes_take_the_steps_of_one() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -80,6 +81,7 @@ fn n_processes_take_the_steps_of_one() {
 
 /// A resumed data-parallel run continues exactly where it stopped.
 #[test]
+#[ignore = "slow: several processes"]
 fn a_data_parallel_run_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -107,6 +109,7 @@ fn a_data_parallel_run_resumes() {
 /// Two workers started by hand the torchrun way; rank 1 is killed mid-run and rank 0 must
 /// stop with an error naming the failed collective, long before the collective timeout.
 #[test]
+#[ignore = "slow: several processes"]
 fn a_killed_worker_stops_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -168,6 +171,7 @@ fn the_torchrun_environment_is_read_and_checked() {
 
 /// A batch smaller than the number of processes is refused with the key named.
 #[test]
+#[ignore = "slow: several processes"]
 fn too_many_processes_for_the_batch_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -181,6 +185,7 @@ fn too_many_processes_for_the_batch_is_an_error() {
 /// SIGTERM to `ddpm train --nproc 2` reaches both workers; they stop at the same step, rank 0
 /// saves `latest`, and the run resumes from it.
 #[test]
+#[ignore = "slow: several processes"]
 fn sigterm_to_the_launcher_stops_the_workers_with_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -62,11 +62,9 @@ fn label_fidelity_on_hand_made_predictions() {
 }
 
 #[test]
+#[ignore = "slow: trains a classifier on real MNIST"]
 fn the_classifier_exceeds_98_percent_on_real_mnist() {
-    let Some(root) = common::shared_datasets() else {
-        eprintln!("SKIPPED the_classifier_exceeds_98_percent_on_real_mnist: ../shared/datasets is absent");
-        return;
-    };
+    let Some(root) = common::real_datasets() else { return };
     let cfg = ddpm::data::DatasetConfig { name: ddpm::data::DatasetName::Mnist, root, download: false };
     let train = ddpm::data::load(&cfg, ddpm::data::Split::Train).unwrap();
     let test = ddpm::data::load(&cfg, ddpm::data::Split::Test).unwrap();

@@ -95,26 +95,6 @@ fn sinusoidal_table_golden_values() {
     assert!((at(500, 21) - arg.cos()).abs() < 1e-4);
 }
 
-/// Golden values (PyTorch, float64):
-/// ```python
-/// b = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64); ab = torch.cumprod(1 - b, 0)
-/// ab[0], ab[499], ab[999]  # 0.9999, 0.07858724288177824, 4.0358297653756754e-05
-/// (1 - ab[486]) / (1 - ab[487]) * b[487]  # 0.009791571985690044
-/// ```
-#[test]
-fn schedule_golden_numbers() {
-    let s = Schedule::linear(1000, 1e-4, 0.02);
-    assert_eq!(s.betas.len(), 1000);
-    assert!((s.betas[999] - 0.02).abs() < 1e-15);
-    assert!((s.alphas_cumprod[0] - 0.9999).abs() < 1e-15);
-    assert!((s.alphas_cumprod[499] - 0.07858724288177824).abs() < 1e-12);
-    assert!((s.alphas_cumprod[999] - 4.0358297653756754e-05).abs() < 1e-15);
-    assert!((s.posterior_variance(487) - 0.00979).abs() < 1e-5);
-    assert!((s.posterior_variance(487) - 0.009791571985690044).abs() < 1e-12);
-    assert_eq!(s.posterior_variance(0), 0.0);
-    assert_eq!(s.step_variance(487, true), s.betas[487]);
-}
-
 #[test]
 fn add_noise_has_the_right_mean_and_variance() {
     let _rng = common::rng_lock();

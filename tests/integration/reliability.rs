@@ -112,6 +112,7 @@ fn signal(pid: u32, sig: &str) {
 }
 
 #[test]
+#[ignore = "slow: signals"]
 fn ctrl_c_and_sigterm_save_and_say_how_to_resume() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -147,6 +148,7 @@ fn ctrl_c_and_sigterm_save_and_say_how_to_resume() {
 
 /// A process killed while it writes a checkpoint leaves the previous one loadable.
 #[test]
+#[ignore = "slow: signals"]
 fn sigkill_during_a_save_keeps_the_previous_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
