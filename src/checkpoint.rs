@@ -149,6 +149,14 @@ impl Checkpoint {
     }
 
     /// The file's metadata (empty when it has none).
+    /// Every tensor's name and shape, in name order.
+    pub fn shapes(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        let st = SafeTensors::deserialize(&self.bytes)?;
+        let mut v: Vec<(String, Vec<usize>)> = st.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
+        v.sort();
+        Ok(v)
+    }
+
     pub fn metadata(&self) -> HashMap<String, String> {
         SafeTensors::read_metadata(&self.bytes).ok().and_then(|(_, m)| m.metadata().clone()).unwrap_or_default()
     }

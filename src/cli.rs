@@ -48,6 +48,30 @@ pub enum Command {
     /// a Fréchet distance of CNN-classifier features, a classifier score, the class-histogram
     /// entropy and label fidelity, each beside its real-vs-real reference.
     Eval(EvalArgs),
+    /// Describe a checkpoint, or a run directory and its latest checkpoint: network and size,
+    /// images, dataset and classes, schedule, epoch and step, EMA and training state, the last
+    /// loss and evaluation, and the run's files. Needs no config file.
+    Info(InfoArgs),
+    /// Print a shell completion script: `ddpm completions bash > ~/.local/share/bash-completion/completions/ddpm`
+    /// (zsh: into a folder of your $fpath as `_ddpm`; fish: ~/.config/fish/completions/ddpm.fish).
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// A checkpoint (`.safetensors`) or a run directory.
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// bash, zsh, fish, elvish or powershell.
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -233,7 +257,7 @@ impl Cli {
                 put("sample.simple_var", var.map(|v| v.to_string()));
                 put("sample.clip_x0", a.clip_x0.then(|| "true".to_string()));
             }
-            Command::Bench(_) => {}
+            Command::Bench(_) | Command::Info(_) | Command::Completions(_) => {}
             Command::Eval(a) => {
                 put("sample.sampler", a.sampler.clone().or_else(|| a.steps.map(|_| "ddim".to_string())));
                 put("sample.steps", a.steps.map(|v| v.to_string()));

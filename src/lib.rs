@@ -20,6 +20,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod generate;
 pub mod grid;
+pub mod info;
 pub mod interrupt;
 pub mod logging;
 pub mod model;

@@ -8,7 +8,34 @@ use ddpm::sample::{LabelChoice, SampleRequest};
 use ddpm::train::TrainOptions;
 use std::process::ExitCode;
 
+/// Writes a command's output to stdout; a reader that went away (`| head`) is not an error.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 fn run(cli: &Cli) -> anyhow::Result<()> {
+    // Commands that need no configuration.
+    match &cli.command {
+        Command::Info(a) => {
+            let report = ddpm::info::info(&a.path)?;
+            return match a.json {
+                true => emit(&format!("{}\n", serde_json::to_string_pretty(&report)?)),
+                false => emit(&ddpm::info::table(&report)),
+            };
+        }
+        Command::Completions(a) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(a.shell, &mut cmd, "ddpm", &mut script);
+            return emit(&String::from_utf8_lossy(&script));
+        }
+        _ => {}
+    }
     let overrides = cli.overrides();
     let cfg = match &cli.command {
         // `sample --checkpoint PATH` needs no config file: the checkpoint describes its model.
@@ -33,11 +60,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 json: a.json.clone(),
             };
             let r = ddpm::eval::eval(&cfg, &req)?;
-            println!("{}", ddpm::eval::table(&r));
+            emit(&format!("{}\n", ddpm::eval::table(&r)))?;
         }
         Command::Bench(a) => {
             let r = ddpm::bench::run(&cfg, a.repeats.max(1), a.epoch_steps, &a.batches, !a.no_sampling)?;
-            println!("{}", ddpm::bench::table(&r));
+            emit(&format!("{}\n", ddpm::bench::table(&r)))?;
             if let Some(p) = &a.json {
                 ddpm::bench::write_json(&r, p)?;
             }
@@ -54,6 +81,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             };
             ddpm::sample::sample(&cfg, &req)?;
         }
+        Command::Info(_) | Command::Completions(_) => {}
     }
     Ok(())
 }

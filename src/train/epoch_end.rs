@@ -4,7 +4,7 @@
 
 use super::Trainer;
 use crate::diffusion::ddim::Spacing;
-use crate::diffusion::sampler::{ReverseProcess, Sampler};
+use crate::diffusion::sampler::{ReverseProcess, Sampler, SamplerKind};
 use crate::generate::{self, Request};
 use crate::tensorboard::EventWriter;
 use crate::{fsutil, grid, plot};
@@ -56,7 +56,14 @@ impl Trainer<'_> {
             tch::set_num_threads(std::thread::available_parallelism().map_or(1, |n| n.get()) as i32);
         }
         self.save(complete)?;
-        plot::save_loss_curve(&self.curve, &self.run_dir.join("loss.png"))?;
+        let spe = self.steps_per_epoch();
+        let epoch_ends: Vec<i64> = (1..=epoch).map(|e| e * spe).collect();
+        plot::save_loss_plot(
+            &self.plot_title("training loss"),
+            &self.curve,
+            &epoch_ends,
+            &self.run_dir.join("loss.png"),
+        )?;
         if c.train.grid_samples > 0 {
             self.write_grid(epoch)?;
         }
@@ -67,8 +74,8 @@ impl Trainer<'_> {
         Ok(())
     }
 
-    /// The per-epoch grid from the EMA weights (if any), with fixed noise; conditional models
-    /// get one row per class.
+    /// The per-epoch grid from the EMA weights (if any), with fixed noise and the grid's
+    /// sampler (`train.grid_sampler`, `grid_steps`); conditional models get one row per class.
     fn write_grid(&self, epoch: i64) -> Result<()> {
         let c = self.cfg;
         let model = self.learner.sampling_model();
@@ -77,6 +84,12 @@ impl Trainer<'_> {
             .then(|| generate::rows_of_labels(classes, (c.train.grid_samples + classes - 1) / classes, model.device()));
         let n = labels.as_ref().map_or(c.train.grid_samples, |l| l.size()[0]);
         let mut sc = c.sample.sampler_config();
+        sc.sampler = match c.train.grid_sampler {
+            SamplerKind::Ddpm => Sampler::Ddpm,
+            SamplerKind::Ddim => {
+                Sampler::Ddim { steps: c.train.grid_steps as usize, eta: c.sample.eta, spacing: c.sample.spacing }
+            }
+        };
         if classes == 0 {
             sc.guidance = 1.0;
         }
@@ -136,11 +149,20 @@ impl Trainer<'_> {
         let path = self.run_dir.join("evals.jsonl");
         fsutil::append_line(&path, &row.to_string())?;
         let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let points: Vec<(i64, f64)> = text
+        let rows: Vec<(i64, f64, f64)> = text
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| Some((v["step"].as_i64()?, v["frechet_distance"].as_f64()?)))
+            .filter_map(|v| {
+                Some((v["epoch"].as_i64()?, v["frechet_distance"].as_f64()?, v["frechet_distance_real"].as_f64()?))
+            })
             .collect();
-        plot::save_loss_curve(&points, &self.run_dir.join("eval.png"))
+        plot::save_eval_plot(&self.plot_title("evaluation (DDIM-50)"), &rows, &self.run_dir.join("eval.png"))
+    }
+
+    /// `what` of this run: its folder, dataset and network kind.
+    fn plot_title(&self, what: &str) -> String {
+        let run =
+            self.run_dir.file_name().map_or_else(|| self.run_dir.display().to_string(), |n| n.to_string_lossy().into());
+        format!("{run}: {what} ({}, {} network)", self.cfg.dataset.name, self.cfg.network.kind())
     }
 }

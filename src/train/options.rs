@@ -1,5 +1,6 @@
 //! The `train:` section of options.yml.
 
+use crate::diffusion::sampler::SamplerKind;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -45,6 +46,11 @@ pub struct TrainConfig {
     pub log_every: i64,
     /// Samples in the grid written after each epoch (0 = no grid).
     pub grid_samples: i64,
+    /// The reverse process of the per-epoch grid: `ddim` (with `grid_steps` steps and the
+    /// sample section's eta and spacing; eta 1 draws like DDPM) or `ddpm` (all steps).
+    pub grid_sampler: SamplerKind,
+    /// DDIM steps of the per-epoch grid (at most ddpm.n_steps are taken).
+    pub grid_steps: i64,
     /// Per-epoch checkpoints to keep besides `latest` (0 = only `latest`).
     pub keep_checkpoints: i64,
     /// Decay of the exponential moving average of the weights (0 = no EMA). The decay used at
@@ -82,6 +88,8 @@ impl Default for TrainConfig {
             max_steps: 0,
             log_every: 10,
             grid_samples: 64,
+            grid_sampler: SamplerKind::Ddim,
+            grid_steps: 50,
             keep_checkpoints: 3,
             ema_decay: 0.999,
             cond_drop_prob: 0.1,
@@ -115,6 +123,7 @@ impl TrainConfig {
         check(self.max_steps >= 0, "max_steps", self.max_steps, "max_steps >= 0 (0 = no limit)")?;
         check(self.log_every >= 1, "log_every", self.log_every, "log_every >= 1")?;
         check(self.grid_samples >= 0, "grid_samples", self.grid_samples, "grid_samples >= 0 (0 = none)")?;
+        check(self.grid_steps >= 1, "grid_steps", self.grid_steps, "grid_steps >= 1 (more than n_steps means all)")?;
         check(self.keep_checkpoints >= 0, "keep_checkpoints", self.keep_checkpoints, "keep_checkpoints >= 0")?;
         check((0.0..1.0).contains(&self.ema_decay), "ema_decay", self.ema_decay, "0 <= ema_decay < 1 (0 = no EMA)")?;
         check(

@@ -106,6 +106,7 @@ impl Trainer<'_> {
             false => None,
         };
         let started = Instant::now();
+        let mut images = 0i64;
         if self.pos.batch >= spe {
             self.pos = Position { epoch: self.pos.epoch + 1, batch: 0, ..self.pos };
         }
@@ -137,6 +138,7 @@ impl Trainer<'_> {
                 window_sum += &loss;
                 (window_steps, window_images) = (window_steps + 1, window_images + len);
                 (epoch_steps, epoch_images) = (epoch_steps + 1, epoch_images + len);
+                images += len;
                 bar.inc(1);
                 let step = self.pos.step;
                 if step % c.train.log_every == 0 || self.pos.batch == last_batch {
@@ -186,12 +188,29 @@ impl Trainer<'_> {
                 self.pos = Position { epoch: epoch + 1, batch: 0, ..self.pos };
             }
         }
-        tracing::info!(
-            "done: step {} in {:.1} s; checkpoint {}; sample with `ddpm sample --config <this config>`",
-            self.pos.step,
-            started.elapsed().as_secs_f64(),
-            checkpoint::latest_path(&self.run_dir).display()
-        );
+        if self.is_main() {
+            self.summary(started.elapsed().as_secs_f64(), images);
+        }
         Ok(())
+    }
+
+    /// The closing lines of a run: time, speed, final loss, where things are, what next.
+    fn summary(&self, secs: f64, images: i64) {
+        let dir = self.run_dir.display();
+        let loss = self.curve.last().map_or("n/a".to_string(), |(s, l)| format!("{l:.5} (step {s})"));
+        let grids = match self.cfg.train.grid_samples {
+            0 => "none (train.grid_samples: 0)".to_string(),
+            _ => format!("{dir}/samples/epoch-NNNN.png"),
+        };
+        tracing::info!(
+            "done: {} steps, epoch {}, in {secs:.1} s ({:.0} images/s); final loss {loss}\n  \
+             checkpoint: {} (EMA: {})\n  grids: {grids}; loss plot: {dir}/loss.png\n  \
+             next: ddpm sample --config {dir}/config.yml --n-samples 81",
+            self.pos.step,
+            self.pos.epoch.min(self.cfg.train.n_epochs),
+            images as f64 / secs.max(1e-9),
+            checkpoint::latest_path(&self.run_dir).display(),
+            if self.learner.ema.is_some() { "yes" } else { "no" },
+        );
     }
 }
