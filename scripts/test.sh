@@ -7,3 +7,4 @@ scripts/setup.sh --data mnist --data fashion-mnist
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets -- --include-ignored --test-threads 2
+scripts/gpu-check.sh --dry-run

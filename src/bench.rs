@@ -26,6 +26,10 @@ pub struct BenchResult {
     pub image_shape: [i64; 3],
     /// `(batch, seconds per step, images per second)`.
     pub train: Vec<(i64, f64, f64)>,
+    /// Training steps run for those measurements (warm-up included), and whether every one of
+    /// their losses was finite.
+    pub train_steps_run: i64,
+    pub train_losses_finite: bool,
     /// One epoch of the real loop (data preparation included), from `epoch_steps` timed steps.
     pub epoch_sec: Option<f64>,
     pub epoch_steps_timed: i64,
@@ -78,6 +82,7 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
     let mut learner = Learner::new(cfg, &spec, device, false)?;
     let streams = learner.streams();
     let mut train = Vec::new();
+    let (mut steps_run, mut finite) = (0i64, true);
     for &batch in batches {
         let x0 = Tensor::rand([batch, c, h, w], (Kind::Float, device)) * 2.0 - 1.0;
         let labels = Tensor::randint(classes, [batch], (Kind::Int64, device));
@@ -87,15 +92,16 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
             learner.step(&inp, i, None)
         };
         for i in 0..2 {
-            let _ = step(i)?;
+            finite &= step(i)?.double_value(&[]).is_finite();
         }
         sync(device);
         let mut times = Vec::new();
         for i in 0..repeats as i64 {
             let t0 = Instant::now();
-            let _ = step(2 + i)?.double_value(&[]);
+            finite &= step(2 + i)?.double_value(&[]).is_finite();
             times.push(t0.elapsed().as_secs_f64());
         }
+        steps_run += 2 + repeats as i64;
         let s = median(times);
         tracing::info!("train step at batch {batch}: {:.3} s, {:.0} images/s", s, batch as f64 / s);
         train.push((batch, s, batch as f64 / s));
@@ -125,6 +131,8 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
         network: cfg.network.describe(),
         image_shape: spec.image_shape,
         train,
+        train_steps_run: steps_run,
+        train_losses_finite: finite,
         epoch_sec,
         epoch_steps_timed: epoch_steps,
         epoch_losses,
@@ -228,6 +236,10 @@ pub fn table(r: &BenchResult) -> String {
     );
     for (b, sec, ips) in &r.train {
         s += &format!("| train step, batch {b} | {sec:.3} s ({ips:.0} images/s) |\n");
+    }
+    if r.train_steps_run > 0 {
+        let finite = if r.train_losses_finite { "all finite" } else { "NOT all finite" };
+        s += &format!("| losses of those {} steps | {finite} |\n", r.train_steps_run);
     }
     if let Some(e) = r.epoch_sec {
         s += &format!("| one epoch incl. data preparation (from {} steps) | {e:.1} s |\n", r.epoch_steps_timed);

@@ -3,6 +3,7 @@ the channels-last memory format, and under torch.compile, at the same thread cou
 Measures what `ddpm bench` measures and writes JSON.
 
 usage: bench_pytorch.py --threads N --data DIR --json OUT [--repeats R] [--variants eager,channels_last,compile]
+                        [--device cpu|cuda]
 """
 
 import argparse
@@ -22,19 +23,29 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from demo_unet import DDPM, UNet  # noqa: E402
 
 
+DEVICE = "cpu"
+
+
+def sync():
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def timed(fn, repeats):
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
 def bench_variant(name, repeats):
     torch.manual_seed(0)
-    net = UNet(1000, (1, 28, 28))
-    ddpm = DDPM("cpu")
+    net = UNet(1000, (1, 28, 28)).to(DEVICE)
+    ddpm = DDPM(DEVICE)
     fmt = torch.channels_last if name == "channels_last" else torch.contiguous_format
     net = net.to(memory_format=fmt)
     opt = torch.optim.Adam(net.parameters(), 1e-3)
@@ -45,23 +56,25 @@ def bench_variant(name, repeats):
 
     out = {"train": []}
     for batch in (128, 512):
-        x = (torch.rand(batch, 1, 28, 28) * 2 - 1).contiguous(memory_format=fmt)
+        x = (torch.rand(batch, 1, 28, 28, device=DEVICE) * 2 - 1).contiguous(memory_format=fmt)
         for _ in range(2):
             step(x)
         s = timed(lambda: step(x), repeats)
         out["train"].append([batch, s, batch / s])
         print(f"{name}: train step at batch {batch}: {s:.3f} s ({batch / s:.0f} images/s)", flush=True)
-    x = torch.randn(81, 1, 28, 28).contiguous(memory_format=fmt)
-    t = torch.full((81,), 500)
+    x = torch.randn(81, 1, 28, 28, device=DEVICE).contiguous(memory_format=fmt)
+    t = torch.full((81,), 500, device=DEVICE)
     with torch.no_grad():
         for _ in range(3):
             model(x, t)
         out["forward81_sec"] = timed(lambda: model(x, t), max(repeats, 5))
         # The demo's reverse loop: 50 timed steps (forward + update), scaled to 1000 like ddpm's.
         xs = x.clone()
+        sync()
         t0 = time.perf_counter()
         for i in range(50):
             xs = ddpm.sample_backward_step(model, xs, 999 - i)
+        sync()
         out["sample_ddpm_sec"] = (time.perf_counter() - t0) / 50 * 1000
     print(f"{name}: forward at batch 81: {out['forward81_sec'] * 1e3:.1f} ms", flush=True)
     return out
@@ -89,13 +102,13 @@ def bench_epoch(data_dir, steps):
     ds = torchvision.datasets.MNIST(root, train=True, transform=tf, download=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=512, shuffle=True)
     torch.manual_seed(0)
-    net = UNet(1000, (1, 28, 28))
-    ddpm = DDPM("cpu")
+    net = UNet(1000, (1, 28, 28)).to(DEVICE)
+    ddpm = DDPM(DEVICE)
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     t0 = time.perf_counter()
     n = 0
     for x, _ in loader:
-        ddpm.train_step(net, opt, x)
+        ddpm.train_step(net, opt, x.to(DEVICE))
         n += 1
         if n == steps:
             break
@@ -114,15 +127,21 @@ def main():
     ap.add_argument("--epoch-steps", type=int, default=20)
     ap.add_argument("--variants", default="eager,channels_last,compile")
     ap.add_argument("--json", required=True)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda:0)")
     a = ap.parse_args()
+    global DEVICE
+    DEVICE = a.device
     torch.set_num_threads(a.threads)
-    result = {"threads": a.threads, "torch": torch.__version__, "variants": {}}
+    result = {"threads": a.threads, "torch": torch.__version__, "device": DEVICE, "variants": {}}
     result["epoch_sec"] = bench_epoch(a.data, a.epoch_steps) if a.epoch_steps > 0 else None
     # High-water mark of training on MNIST alone (the demo's pipeline), before the variants.
     result["train_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for v in a.variants.split(","):
         result["variants"][v] = bench_variant(v, a.repeats)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if DEVICE.startswith("cuda"):
+        result["gpu"] = torch.cuda.get_device_name()
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     with open(a.json, "w") as f:
         json.dump(result, f, indent=2)
 

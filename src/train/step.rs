@@ -118,6 +118,11 @@ impl Learner {
             crate::precision::set_autocast_dtype(false, Kind::BFloat16)?;
         }
         let bf16 = t.precision == Precision::Bf16 && crate::precision::bf16_available(device);
+        if bf16 {
+            let dtype =
+                crate::precision::autocast_dtype(device.is_cuda()).map_or("unknown".into(), |k| format!("{k:?}"));
+            tracing::info!("bf16 autocast on {device:?}: autocast dtype {dtype}");
+        }
         if t.precision == Precision::Bf16 && !bf16 {
             tracing::warn!(
                 "train.precision bf16: oneDNN has no bf16 support on this CPU (it needs AVX512-BF16 or AMX); this run trains in fp32"

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The GPU check: runs on a machine with an NVIDIA GPU and a Python with torch (no Rust needed),
+# from the checkout, with the folder scripts/gpu-build.sh staged (gpu/). It measures, on cuda:0,
+#   - the demo network on MNIST (ddpm bench: train steps at batch 128 and 512, one epoch, 81
+#     samples with DDPM over all 1000 steps and with DDIM-50),
+#   - the DDPM paper's UNet at batch 128 in fp32 and in bf16 (50 timed steps each, losses checked
+#     finite, the autocast dtype logged),
+#   - the same demo network and loop in PyTorch (the machine's own torch: eager, channels-last,
+#     torch.compile),
+#   - a one-process data-parallel training step through NCCL,
+#   - peak GPU memory (nvidia-smi, sampled every 250 ms),
+# and writes the table to OUT/gpu-check.md (and stdout), with every log beside it.
+#
+#   scripts/gpu-check.sh [--stage DIR] [--out DIR] [--dry-run]
+#
+# --dry-run checks the arguments and the files the check uses and prints what it would run,
+# without a GPU (CI runs it). A real run takes about 5 minutes on one H100.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+usage() { echo "usage: scripts/gpu-check.sh [--stage DIR] [--out DIR] [--dry-run]" >&2; exit 2; }
+stage=gpu
+out=""
+dry=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) dry=1; shift ;;
+    --stage) [ $# -ge 2 ] || usage; stage="$2"; shift 2 ;;
+    --out) [ $# -ge 2 ] || usage; out="$2"; shift 2 ;;
+    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "gpu-check: unknown argument '$1'" >&2; usage ;;
+  esac
+done
+out="${out:-$stage/out}"
+
+# What the check uses from the checkout.
+missing=0
+for f in options.yml configs/cifar10-ddpm-paper.yml scripts/python/bench_pytorch.py scripts/python/demo_unet.py \
+  scripts/python/gpu_report.py; do
+  [ -f "$f" ] || { echo "gpu-check: $f is missing from the checkout" >&2; missing=1; }
+done
+[ "$missing" = 0 ] || exit 1
+bin="$stage/ddpm"
+[ -x "$bin" ] || bin="target/release/ddpm"
+data="$stage/data"
+[ -d "$data/mnist" ] || data="data"
+py="${PYTHON:-python3}"
+
+steps=(
+  "ddpm bench, demo network, MNIST: $bin bench --config options.yml --set device=cuda:0 --set dataset.root=$data --batches 128,512 --epoch-steps 118"
+  "ddpm bench, paper UNet fp32: $bin bench --config configs/cifar10-ddpm-paper.yml --set device=cuda:0 --batches 128 --repeats 50 --epoch-steps 0 --no-sampling"
+  "ddpm bench, paper UNet bf16: (the same) --set train.precision=bf16"
+  "PyTorch: $py scripts/python/bench_pytorch.py --device cuda --data $data/mnist --epoch-steps 118"
+  "NCCL: WORLD_SIZE=1 DDPM_DIST_BACKEND=nccl $bin train --config options.yml --max-steps 5"
+)
+if [ "$dry" = 1 ]; then
+  echo "gpu-check (dry run): results would go to $out/gpu-check.md"
+  if [ -x "$bin" ]; then echo "binary: $bin"; else echo "binary: $bin is not built yet (scripts/gpu-build.sh stages $stage/ddpm)"; fi
+  if [ -d "$data/mnist" ]; then echo "MNIST: $data/mnist"; else echo "MNIST: not found under $stage/data or data (scripts/gpu-build.sh stages it)"; fi
+  printf '  %s\n' "${steps[@]}"
+  exit 0
+fi
+
+[ -x "$bin" ] || { echo "gpu-check: no ddpm binary ($stage/ddpm or target/release/ddpm): run scripts/gpu-build.sh" >&2; exit 1; }
+[ -d "$data/mnist" ] || { echo "gpu-check: no MNIST under $data: run scripts/gpu-build.sh" >&2; exit 1; }
+torch_lib="$("$py" -c 'import os, torch; assert torch.cuda.is_available(), "CUDA is not available to torch"; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')" ||
+  { echo "gpu-check: $py has no torch with CUDA" >&2; exit 1; }
+export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+mkdir -p "$out"
+started=$(date +%s)
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  "$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+  cat "$stage/BUILD" 2>/dev/null || echo "binary: $bin"
+} > "$out/machine.txt" 2>&1
+nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 250 > "$out/gpu-memory.log" 2>/dev/null &
+poller=$!
+trap 'kill $poller 2>/dev/null || true' EXIT
+
+run() { # run NAME SECONDS CMD...: logs to OUT/NAME.log, never stops the check
+  local name="$1" secs="$2"; shift 2
+  local t0=$(date +%s)
+  if timeout "$secs" "$@" > "$out/$name.log" 2>&1; then rc=0; else rc=$?; fi
+  echo "$name: exit $rc in $(( $(date +%s) - t0 )) s" | tee -a "$out/status.txt" >&2
+}
+run ddpm-demo 200 "$bin" bench --config options.yml --set device=cuda:0 --set dataset.root="$data" \
+  --set dataset.download=false --batches 128,512 --epoch-steps 118 --json "$out/ddpm-demo.json"
+run ddpm-unet-fp32 150 "$bin" bench --config configs/cifar10-ddpm-paper.yml --set device=cuda:0 --batches 128 \
+  --repeats 50 --epoch-steps 0 --no-sampling --json "$out/ddpm-unet-fp32.json"
+run ddpm-unet-bf16 150 "$bin" bench --config configs/cifar10-ddpm-paper.yml --set device=cuda:0 --batches 128 \
+  --repeats 50 --epoch-steps 0 --no-sampling --set train.precision=bf16 --json "$out/ddpm-unet-bf16.json"
+run pytorch 240 "$py" scripts/python/bench_pytorch.py --device cuda --threads "$(nproc)" --data "$data/mnist" \
+  --epoch-steps 118 --variants eager,channels_last,compile --json "$out/pytorch.json"
+run nccl 120 env WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29561 DDPM_DIST_BACKEND=nccl \
+  "$bin" train --config options.yml --set device=cuda:0 --set dataset.root="$data" --set dataset.download=false \
+  --set train.run_dir="$out/nccl-run" --set train.grid_samples=0 --max-steps 5
+kill $poller 2>/dev/null || true
+echo "total: $(( $(date +%s) - started )) s" >> "$out/status.txt"
+"$py" scripts/python/gpu_report.py "$out" | tee "$out/gpu-check.md"

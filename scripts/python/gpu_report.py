@@ -1,0 +1,85 @@
+"""The table of scripts/gpu-check.sh, from what it left in its output folder (missing pieces are
+reported as such, with the log to read).
+
+usage: gpu_report.py OUT_DIR
+"""
+
+import json
+import os
+import re
+import sys
+
+
+def load(out, name):
+    try:
+        with open(os.path.join(out, name)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def text(out, name):
+    try:
+        with open(os.path.join(out, name)) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def train(r, batch):
+    for b, sec, ips in (r or {}).get("train", []):
+        if b == batch:
+            return sec, ips
+    return None
+
+
+def fmt(v, pattern):
+    return "failed" if v is None else pattern.format(v)
+
+
+def main(out):
+    demo, pt = load(out, "ddpm-demo.json"), load(out, "pytorch.json")
+    fp32, bf16 = load(out, "ddpm-unet-fp32.json"), load(out, "ddpm-unet-bf16.json")
+    machine = text(out, "machine.txt").strip().splitlines()
+    lines = [f"## GPU check: {machine[0] if machine else 'unknown GPU'}", ""]
+    lines += [f"- {m}" for m in machine[1:]]
+    lines += ["", "| measure | ddpm | PyTorch eager | channels-last | torch.compile |", "|---|---|---|---|---|"]
+    variants = (pt or {}).get("variants", {})
+
+    def pt_row(key_fn, pattern):
+        return [fmt(key_fn(variants[v]) if v in variants else None, pattern) for v in ("eager", "channels_last", "compile")]
+
+    for batch in (128, 512):
+        d = train(demo, batch)
+        cells = pt_row(lambda v: dict((b, ips) for b, _, ips in v["train"]).get(batch), "{:.0f}")
+        lines.append(f"| demo UNet: train images/s, batch {batch} | {fmt(d and d[1], '{:.0f}')} | " + " | ".join(cells) + " |")
+    epoch_pt = fmt((pt or {}).get("epoch_sec"), "{:.1f} s")
+    lines.append(f"| demo UNet: one MNIST epoch, batch 512, data included | {fmt((demo or {}).get('epoch_sec'), '{:.1f} s')} | {epoch_pt} (torchvision DataLoader) | | |")
+    cells = pt_row(lambda v: v.get("forward81_sec", 0) * 1e3, "{:.2f} ms")
+    lines.append(f"| demo UNet: denoising forward, batch 81 | {fmt((demo or {}).get('forward81_sec', 0) * 1e3 if demo else None, '{:.2f} ms')} | " + " | ".join(cells) + " |")
+    cells = pt_row(lambda v: v.get("sample_ddpm_sec"), "{:.2f} s")
+    lines.append(f"| demo UNet: 81 samples, DDPM-1000 | {fmt((demo or {}).get('sample_ddpm_sec'), '{:.2f} s')} | " + " | ".join(cells) + " |")
+    lines.append(f"| demo UNet: 81 samples, DDIM-50 | {fmt((demo or {}).get('sample_ddim50_sec'), '{:.2f} s')} | | | |")
+    dtype = re.search(r"autocast dtype (\w+)", text(out, "ddpm-unet-bf16.log"))
+    for name, r in (("fp32", fp32), ("bf16", bf16)):
+        t = train(r, 128)
+        finite = "" if r is None else (f", {r['train_steps_run']} steps, losses " + ("finite" if r["train_losses_finite"] else "NOT finite"))
+        extra = f", autocast dtype {dtype.group(1)}" if name == "bf16" and dtype else ""
+        cell = "failed" if t is None else f"{t[0] * 1e3:.1f} ms/step ({t[1]:.0f} images/s){finite}{extra}"
+        lines.append(f"| paper UNet (35.7M), batch 128, {name} | {cell} | | | |")
+    mem = [int(x) for x in text(out, "gpu-memory.log").split() if x.strip().isdigit()]
+    pt_mem = (pt or {}).get("peak_gpu_mib")
+    lines.append(f"| peak GPU memory in use (nvidia-smi, whole check) | {max(mem) if mem else 'n/a'} MiB | {fmt(pt_mem, '{:.0f} MiB allocated by torch')} | | |")
+    nccl = text(out, "nccl.log")
+    status = text(out, "status.txt")
+    ok = re.search(r"^nccl: exit 0", status, re.M) is not None
+    last = [l for l in nccl.strip().splitlines() if l.strip()][-1:] or ["no log"]
+    lines.append(f"| data-parallel step, 1 process, NCCL | {'ran 5 steps' if ok else 'failed: ' + last[0][-160:]} | | | |")
+    lines += ["", "```", status.strip(), "```"]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: gpu_report.py OUT_DIR")
+    main(sys.argv[1])

@@ -1,0 +1,57 @@
+//! The GPU check's parts that run anywhere: `scripts/gpu-check.sh --dry-run` and its argument
+//! errors, and the report it builds from `ddpm bench`'s JSON.
+
+use crate::common;
+use std::path::Path;
+use std::process::Command;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn gpu_check_dry_run_and_bad_arguments() {
+    let out = Command::new(repo().join("scripts/gpu-check.sh")).arg("--dry-run").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", common::stderr(&out));
+    for want in ["gpu/out/gpu-check.md", "paper UNet bf16", "DDPM_DIST_BACKEND=nccl", "bench_pytorch.py --device cuda"]
+    {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    let out = Command::new(repo().join("scripts/gpu-check.sh")).arg("--bogus").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(common::stderr(&out).contains("unknown argument '--bogus'"), "{}", common::stderr(&out));
+}
+
+#[test]
+fn gpu_report_reads_what_bench_writes() {
+    let Some(py) = common::venv_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::tiny_config(dir.path());
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let json = out.join("ddpm-unet-bf16.json");
+    let args = ["bench", "--config", cfg.to_str().unwrap(), "--batches", "128", "--repeats", "2"];
+    let run = common::ddpm(
+        dir.path(),
+        &[&args[..], &["--epoch-steps", "0", "--no-sampling", "--json", json.to_str().unwrap()]].concat(),
+    );
+    assert!(run.status.success(), "{}", common::stderr(&run));
+    std::fs::write(out.join("ddpm-unet-bf16.log"), "INFO bf16 autocast on Cuda(0): autocast dtype BFloat16\n").unwrap();
+    std::fs::write(out.join("machine.txt"), "NVIDIA H100 80GB HBM3, 81559 MiB, 550.54\ntorch 2.11.0\n").unwrap();
+    std::fs::write(out.join("status.txt"), "ddpm-unet-bf16: exit 0 in 9 s\nnccl: exit 1 in 2 s\n").unwrap();
+    std::fs::write(out.join("nccl.log"), "error: this ddpm was built without NCCL\n").unwrap();
+    std::fs::write(out.join("gpu-memory.log"), "512\n2048\n1024\n").unwrap();
+    let report = Command::new(py).arg(repo().join("scripts/python/gpu_report.py")).arg(&out).output().unwrap();
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert!(report.status.success(), "{text}{}", common::stderr(&report));
+    let row = |start: &str| {
+        text.lines().find(|l| l.starts_with(start)).unwrap_or_else(|| panic!("no {start:?} row in:\n{text}"))
+    };
+    assert!(text.starts_with("## GPU check: NVIDIA H100 80GB HBM3"), "{text}");
+    let bf16 = row("| paper UNet (35.7M), batch 128, bf16 |");
+    assert!(bf16.contains("images/s), 4 steps, losses finite, autocast dtype BFloat16"), "{bf16}");
+    assert!(row("| paper UNet (35.7M), batch 128, fp32 |").contains("failed"));
+    assert!(row("| peak GPU memory").contains("2048 MiB"));
+    assert!(row("| data-parallel step").contains("failed: error: this ddpm was built without NCCL"));
+}
