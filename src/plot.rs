@@ -63,6 +63,23 @@ fn bounds(points: &[(f64, f64)]) -> Option<((f64, f64), (f64, f64))> {
     }))
 }
 
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    BitMapBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// The legend box of a chart's labelled series.
+fn legend<'a>(chart: &mut Chart<'a, 'a>) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()?;
+    Ok(())
+}
+
 /// Writes the bitmap drawn by `draw` to `path` (atomically).
 fn render(
     path: &Path,
@@ -132,13 +149,7 @@ pub fn save_loss_plot(title: &str, points: &[(i64, f64)], epoch_ends: &[i64], pa
         if pts.len() == 1 {
             chart.draw_series(log(&pts).into_iter().map(|p| Circle::new(p, 4, SMOOTH.filled())))?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 15))
-            .draw()?;
-        Ok(())
+        legend(&mut chart)
     })
 }
 
@@ -189,13 +200,7 @@ pub fn save_eval_plot(title: &str, rows: &[(i64, f64, f64)], path: &Path) -> Res
             .draw_series(LineSeries::new(real.iter().copied(), REFERENCE.stroke_width(1)))?
             .label("real vs real (reference)")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], REFERENCE.stroke_width(2)));
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 15))
-            .draw()?;
-        Ok(())
+        legend(&mut chart)
     })
 }
 

@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
+use tch::Tensor;
 
 /// metrics.jsonl and the TensorBoard events (written by rank 0 only).
 pub(super) struct Logs {
@@ -74,6 +75,13 @@ impl Trainer<'_> {
         Ok(())
     }
 
+    /// `n` images from the EMA weights (if any) with the run's seed, without a progress bar.
+    fn draw(&self, n: i64, labels: Option<&Tensor>, sampler: &ReverseProcess) -> Tensor {
+        let c = self.cfg;
+        let req = Request { n, labels, batch: c.sample.batch_size, seed: c.seed, sampler, progress: false };
+        generate::draw(self.learner.sampling_model(), &req, None)
+    }
+
     /// The per-epoch grid from the EMA weights (if any), with fixed noise and the grid's
     /// sampler (`train.grid_sampler`, `grid_steps`); conditional models get one row per class.
     fn write_grid(&self, epoch: i64) -> Result<()> {
@@ -93,15 +101,7 @@ impl Trainer<'_> {
         if classes == 0 {
             sc.guidance = 1.0;
         }
-        let req = Request {
-            n,
-            labels: labels.as_ref(),
-            batch: c.sample.batch_size,
-            seed: c.seed,
-            sampler: &sc,
-            progress: false,
-        };
-        let xs = generate::draw(model, &req, None);
+        let xs = self.draw(n, labels.as_ref(), &sc);
         let path = self.run_dir.join("samples").join(format!("epoch-{epoch:04}.png"));
         let cols = if classes > 0 { n / classes } else { grid::default_cols(n) };
         grid::save_png(&grid::grid_image(&xs, cols, c.sample.padding)?, &path)?;
@@ -122,15 +122,7 @@ impl Trainer<'_> {
             guidance: if classes > 0 { c.sample.guidance } else { 1.0 },
             ..c.sample.sampler_config()
         };
-        let req = Request {
-            n,
-            labels: labels.as_ref(),
-            batch: c.sample.batch_size,
-            seed: c.seed,
-            sampler: &sc,
-            progress: false,
-        };
-        let xs = generate::draw(model, &req, None);
+        let xs = self.draw(n, labels.as_ref(), &sc);
         let s = crate::score::score_samples(clf, test, &xs, labels.as_ref());
         tracing::info!(
             "eval at epoch {epoch}: Frechet distance {:.3} (real vs real {:.3}), classifier score {:.3}, class entropy {:.3}{}",
