@@ -85,10 +85,10 @@ pub struct EvalArgs {
     /// Number of samples (and of real test images in each reference set).
     #[arg(long, short, default_value_t = 1000)]
     pub n: i64,
-    /// Reverse process: ddpm or ddim (sample.sampler).
-    #[arg(long, value_parser = ["ddpm", "ddim"])]
+    /// Reverse process: ddpm, ddim or dpm-solver++ (sample.sampler).
+    #[arg(long, value_parser = ["ddpm", "ddim", "dpm-solver++"])]
     pub sampler: Option<String>,
-    /// DDIM steps (sample.steps); alone it implies --sampler ddim.
+    /// DDIM or DPM-Solver++ steps (sample.steps); alone it implies --sampler ddim.
     #[arg(long)]
     pub steps: Option<i64>,
     /// Also write the result as JSON here.
@@ -178,10 +178,11 @@ pub struct SampleArgs {
     /// Also write the raw samples (float [-1, 1], [N, C, H, W]) as safetensors to this path.
     #[arg(long, value_name = "PATH")]
     pub save_tensor: Option<PathBuf>,
-    /// Reverse process: ddpm (ancestral, every step) or ddim (sample.sampler).
-    #[arg(long, value_parser = ["ddpm", "ddim"])]
+    /// Reverse process: ddpm (ancestral, every step), ddim, or dpm-solver++ (DPM-Solver++(2M),
+    /// 20 steps unless --steps says otherwise) (sample.sampler).
+    #[arg(long, value_parser = ["ddpm", "ddim", "dpm-solver++"])]
     pub sampler: Option<String>,
-    /// DDIM steps (sample.steps); implies --sampler ddim when given alone.
+    /// DDIM or DPM-Solver++ steps (sample.steps); implies --sampler ddim when given alone.
     #[arg(long)]
     pub steps: Option<i64>,
     /// DDIM noise scale: 0 = deterministic, 1 = DDPM-like (sample.eta).
@@ -208,6 +209,15 @@ pub struct SampleArgs {
     /// snapshot) and <out>.process.gif.
     #[arg(long)]
     pub process: bool,
+}
+
+/// `--steps`, or 20 for `--sampler dpm-solver++` given without it (the solver's usual count).
+fn steps_for(sampler: Option<&str>, steps: Option<i64>) -> Option<String> {
+    match (sampler, steps) {
+        (_, Some(n)) => Some(n.to_string()),
+        (Some("dpm-solver++"), None) => Some("20".into()),
+        _ => None,
+    }
 }
 
 fn parse_override(s: &str) -> Result<(String, String), String> {
@@ -249,7 +259,7 @@ impl Cli {
                 };
                 let sampler = a.sampler.clone().or_else(|| a.steps.map(|_| "ddim".to_string()));
                 put("sample.sampler", sampler);
-                put("sample.steps", a.steps.map(|v| v.to_string()));
+                put("sample.steps", steps_for(a.sampler.as_deref(), a.steps));
                 put("sample.eta", a.eta.map(|v| v.to_string()));
                 put("sample.spacing", a.spacing.clone());
                 put("sample.guidance", a.guidance.map(|v| v.to_string()));
@@ -260,7 +270,7 @@ impl Cli {
             Command::Bench(_) | Command::Info(_) | Command::Completions(_) => {}
             Command::Eval(a) => {
                 put("sample.sampler", a.sampler.clone().or_else(|| a.steps.map(|_| "ddim".to_string())));
-                put("sample.steps", a.steps.map(|v| v.to_string()));
+                put("sample.steps", steps_for(a.sampler.as_deref(), a.steps));
             }
         }
         out.extend(self.overrides.iter().cloned());

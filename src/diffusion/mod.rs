@@ -2,6 +2,7 @@
 
 pub mod ddim;
 pub mod ddpm;
+pub mod dpm_solver;
 pub mod sampler;
 pub mod schedule;
 

@@ -1,8 +1,9 @@
-//! The reverse process as users run it: DDPM ancestral sampling over all steps or DDIM over a
-//! subsequence, with classifier-free guidance for conditional models.
+//! The reverse process as users run it: DDPM ancestral sampling over all steps, DDIM or
+//! DPM-Solver++(2M) over a subsequence, with classifier-free guidance for conditional models.
 
 use super::ddim::{self, Spacing};
 use super::ddpm::{DdpmScheduler, StepOptions};
+use super::dpm_solver::DpmSolverPP;
 use crate::model::Denoiser;
 use tch::{Kind, Tensor};
 
@@ -13,6 +14,8 @@ crate::choice! {
         Ddpm = "ddpm",
         /// DDIM over a subsequence of the steps.
         Ddim = "ddim",
+        /// DPM-Solver++(2M) over a subsequence of the steps.
+        DpmSolverPP = "dpm-solver++" | "dpmsolver++" | "dpm-solver" | "dpmpp",
     }
 }
 
@@ -23,6 +26,8 @@ pub enum Sampler {
     Ddpm,
     /// DDIM over `steps` timesteps with noise scale `eta`.
     Ddim { steps: usize, eta: f64, spacing: Spacing },
+    /// DPM-Solver++ of `order` 2 (2M) or 1 (= DDIM with eta 0) over `steps` timesteps.
+    DpmSolverPP { steps: usize, spacing: Spacing, order: usize },
 }
 
 /// Everything the reverse process needs besides the network and the noise.
@@ -57,6 +62,15 @@ pub fn visited_steps(ddpm: &DdpmScheduler, sampler: Sampler) -> Vec<usize> {
     let mut ts = match sampler {
         Sampler::Ddpm => (0..n).collect(),
         Sampler::Ddim { steps, spacing, .. } => ddim::timesteps(n, steps, spacing),
+        // `steps + 1` points spread like DDIM's, the lowest (t = 0) dropped: the last step goes
+        // from the lowest visited t to sigma = 0 (diffusers' linspace spacing, final sigma zero).
+        Sampler::DpmSolverPP { steps, spacing, .. } => {
+            let mut ts = ddim::timesteps(n, (steps + 1).min(n), spacing);
+            if ts.len() > steps {
+                ts.remove(0);
+            }
+            ts
+        }
     };
     ts.reverse();
     ts
@@ -75,6 +89,10 @@ pub fn sample(
     let n = noise.size()[0];
     let device = noise.device();
     let ts = visited_steps(ddpm, cfg.sampler);
+    let mut solver = match cfg.sampler {
+        Sampler::DpmSolverPP { order, .. } => DpmSolverPP::new(order),
+        _ => DpmSolverPP::new(1),
+    };
     let mut x = noise;
     for (i, &t) in ts.iter().enumerate() {
         let tt = Tensor::full([n], t as i64, (Kind::Int64, device));
@@ -88,6 +106,9 @@ pub fn sample(
                 let prev = ts.get(i + 1).copied();
                 let z = if eta > 0.0 && prev.is_some() { x.randn_like() } else { x.zeros_like() };
                 ddim::step(&ddpm.schedule, &eps, &x, (t, prev), &z, eta, cfg.opts.clip_x0)
+            }
+            Sampler::DpmSolverPP { .. } => {
+                solver.step(&ddpm.schedule, &eps, &x, (t, ts.get(i + 1).copied()), cfg.opts.clip_x0)
             }
         };
         on_step(i, t, &x);

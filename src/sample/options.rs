@@ -18,13 +18,13 @@ pub struct SampleConfig {
     pub batch_size: i64,
     /// Pixels between tiles in the PNG grid.
     pub padding: i64,
-    /// `ddpm` (ancestral, every step) or `ddim`.
+    /// `ddpm` (ancestral, every step), `ddim` or `dpm-solver++`.
     pub sampler: SamplerKind,
-    /// DDIM: number of steps.
+    /// DDIM and DPM-Solver++: number of steps.
     pub steps: i64,
     /// DDIM: noise scale (0 = deterministic, 1 = DDPM's posterior variance).
     pub eta: f64,
-    /// DDIM: `uniform` or `quadratic` timestep spacing.
+    /// DDIM and DPM-Solver++: `uniform` or `quadratic` timestep spacing.
     pub spacing: Spacing,
     /// Classifier-free guidance weight for conditional models (1 = no guidance).
     pub guidance: f64,
@@ -64,9 +64,9 @@ impl SampleConfig {
         check(self.n_samples >= 1, "n_samples", self.n_samples, "n_samples >= 1")?;
         check(self.batch_size >= 1, "batch_size", self.batch_size, "batch_size >= 1")?;
         check(self.padding >= 0, "padding", self.padding, "padding >= 0")?;
-        let ddim = self.sampler == SamplerKind::Ddim;
+        let strided = self.sampler != SamplerKind::Ddpm;
         check(
-            self.steps >= 1 && (!ddim || self.steps <= n_steps),
+            self.steps >= 1 && (!strided || self.steps <= n_steps),
             "steps",
             self.steps,
             &format!("1 <= steps <= n_steps ({n_steps})"),
@@ -80,6 +80,9 @@ impl SampleConfig {
         let sampler = match self.sampler {
             SamplerKind::Ddpm => Sampler::Ddpm,
             SamplerKind::Ddim => Sampler::Ddim { steps: self.steps as usize, eta: self.eta, spacing: self.spacing },
+            SamplerKind::DpmSolverPP => {
+                Sampler::DpmSolverPP { steps: self.steps as usize, spacing: self.spacing, order: 2 }
+            }
         };
         ReverseProcess {
             sampler,

@@ -97,6 +97,9 @@ impl Trainer<'_> {
             SamplerKind::Ddim => {
                 Sampler::Ddim { steps: c.train.grid_steps as usize, eta: c.sample.eta, spacing: c.sample.spacing }
             }
+            SamplerKind::DpmSolverPP => {
+                Sampler::DpmSolverPP { steps: c.train.grid_steps as usize, spacing: c.sample.spacing, order: 2 }
+            }
         };
         if classes == 0 {
             sc.guidance = 1.0;

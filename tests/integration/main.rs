@@ -20,4 +20,5 @@ mod parity;
 mod precision;
 mod recipe;
 mod reliability;
+mod solvers;
 mod unet;
