@@ -7,7 +7,8 @@ use crate::data::{self, ImageDataset, Split};
 use crate::device;
 use crate::diffusion::ddim::Spacing;
 use crate::diffusion::ddpm::StepOptions;
-use crate::diffusion::sampler::{self, ReverseProcess, Sampler};
+use crate::diffusion::sampler::{ReverseProcess, Sampler};
+use crate::generate::{self, Request};
 use crate::spec::ModelSpec;
 use crate::train::step::{batch_of, derived_seed, Learner, Shard, SEED_EPOCH, SEED_STEP};
 use anyhow::{Context, Result};
@@ -41,6 +42,8 @@ pub struct BenchResult {
     pub sample_ddpm_sec: f64,
     /// 81 samples with DDIM-50 (measured whole).
     pub sample_ddim50_sec: f64,
+    /// 81 samples with DPM-Solver++(2M) in 20 steps (measured whole).
+    pub sample_dpm20_sec: f64,
     /// Peak resident memory of the process (VmHWM), MiB.
     pub peak_rss_mib: f64,
     /// Peak resident memory after the training measurements (before sampling), MiB.
@@ -139,6 +142,7 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
         forward81_sec: f64::NAN,
         sample_ddpm_sec: f64::NAN,
         sample_ddim50_sec: f64::NAN,
+        sample_dpm20_sec: f64::NAN,
         peak_rss_mib: 0.0,
         train_peak_rss_mib: peak_rss_mib(),
     };
@@ -174,25 +178,28 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
     }
     let _ = xs.double_value(&[0, 0, 0, 0]);
     let sample_ddpm = t0.elapsed().as_secs_f64() / probe as f64 * cfg.ddpm.n_steps as f64;
-    let sc = ReverseProcess {
-        sampler: Sampler::Ddim { steps: 50, eta: 0.0, spacing: Spacing::Uniform },
-        opts,
-        guidance: 1.0,
+    // 81 samples in one batch through the sampler every command uses.
+    let time = |sampler: Sampler| {
+        let sc = ReverseProcess { sampler, opts, guidance: 1.0 };
+        let req = Request { n: 81, labels: None, batch: 81, seed: cfg.seed, sampler: &sc, progress: false };
+        let t0 = Instant::now();
+        let _ = generate::draw(&model, &req, None).double_value(&[0, 0, 0, 0]);
+        t0.elapsed().as_secs_f64()
     };
-    let t0 = Instant::now();
-    let out = sampler::sample(net.as_ref(), ddpm, x.copy(), None, &sc, |_, _, _| {});
-    let _ = out.double_value(&[0, 0, 0, 0]);
-    let sample_ddim = t0.elapsed().as_secs_f64();
+    let sample_ddim = time(Sampler::Ddim { steps: 50, eta: 0.0, spacing: Spacing::Uniform });
+    let sample_dpm = time(Sampler::DpmSolverPP { steps: 20, spacing: Spacing::Uniform, order: 2 });
     tracing::info!(
-        "forward at batch 81: {:.1} ms; 81 samples: DDPM-{} {:.1} s, DDIM-50 {:.2} s",
+        "forward at batch 81: {:.1} ms; 81 samples: DDPM-{} {:.1} s, DDIM-50 {:.2} s, DPM-Solver++-20 {:.2} s",
         forward81 * 1e3,
         cfg.ddpm.n_steps,
         sample_ddpm,
-        sample_ddim
+        sample_ddim,
+        sample_dpm
     );
     result.forward81_sec = forward81;
     result.sample_ddpm_sec = sample_ddpm;
     result.sample_ddim50_sec = sample_ddim;
+    result.sample_dpm20_sec = sample_dpm;
     result.peak_rss_mib = peak_rss_mib();
     Ok(result)
 }
@@ -248,6 +255,7 @@ pub fn table(r: &BenchResult) -> String {
         s += &format!("| denoising forward, batch 81 | {:.1} ms |\n", r.forward81_sec * 1e3);
         s += &format!("| 81 samples, DDPM (all steps) | {:.1} s |\n", r.sample_ddpm_sec);
         s += &format!("| 81 samples, DDIM-50 | {:.2} s |\n", r.sample_ddim50_sec);
+        s += &format!("| 81 samples, DPM-Solver++(2M), 20 steps | {:.2} s |\n", r.sample_dpm20_sec);
     }
     s += &format!("| peak memory (RSS), training | {:.0} MiB |\n", r.train_peak_rss_mib);
     s += &format!("| peak memory (RSS), all | {:.0} MiB |\n", r.peak_rss_mib);

@@ -60,6 +60,7 @@ def main(out):
     cells = pt_row(lambda v: v.get("sample_ddpm_sec"), "{:.2f} s")
     lines.append(f"| demo UNet: 81 samples, DDPM-1000 | {fmt((demo or {}).get('sample_ddpm_sec'), '{:.2f} s')} | " + " | ".join(cells) + " |")
     lines.append(f"| demo UNet: 81 samples, DDIM-50 | {fmt((demo or {}).get('sample_ddim50_sec'), '{:.2f} s')} | | | |")
+    lines.append(f"| demo UNet: 81 samples, DPM-Solver++(2M)-20 | {fmt((demo or {}).get('sample_dpm20_sec'), '{:.2f} s')} | | | |")
     dtype = re.search(r"autocast dtype (\w+)", text(out, "ddpm-unet-bf16.log"))
     for name, r in (("fp32", fp32), ("bf16", bf16)):
         t = train(r, 128)
