@@ -77,6 +77,7 @@ pub fn info(path: &Path) -> Result<Value> {
             out["dataset"] = i.dataset.clone().into();
             out["class_names"] = json!(i.spec.class_names);
             out["schedule"] = serde_json::to_value(&i.spec.schedule)?;
+            out["schedule_description"] = i.spec.schedule.describe().into();
             out["cond_drop_prob"] = json!(i.cond_drop_prob);
             out["epoch"] = i.epoch.into();
             out["step"] = i.step.into();
@@ -122,11 +123,7 @@ pub fn table(v: &Value) -> String {
             if classes > 0 { format!("conditional on {classes}") } else { "unconditional".to_string() },
             names.join(", ")
         );
-        let sch = &v["schedule"];
-        s += &format!(
-            "schedule        linear betas {}..{} over {} steps\n",
-            sch["min_beta"], sch["max_beta"], sch["n_steps"]
-        );
+        s += &format!("schedule        {}\n", v["schedule_description"].as_str().unwrap_or(""));
         s += &format!("trained         epoch {}, step {}\n", v["epoch"], v["step"]);
     }
     s += &format!("EMA weights     {}\n", yes(&v["ema"]));

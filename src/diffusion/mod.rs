@@ -7,4 +7,4 @@ pub mod sampler;
 pub mod schedule;
 
 pub use ddpm::DdpmScheduler;
-pub use schedule::{Schedule, ScheduleConfig};
+pub use schedule::{BetaSchedule, Schedule, ScheduleConfig};

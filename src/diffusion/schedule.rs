@@ -1,29 +1,56 @@
-//! The linear-beta schedule (Ho et al. 2020, sec. 4), computed once in f64 on the host.
+//! Noise schedules, computed once in f64 on the host: the linear betas of Ho et al. 2020
+//! (sec. 4) and the cosine alpha-bar of Nichol & Dhariwal 2021 (eq. 17).
 
 use serde::{Deserialize, Serialize};
 
-/// The `ddpm:` section of options.yml: the linear-beta schedule's length and ends.
+crate::choice! {
+    /// `ddpm.schedule`.
+    pub enum BetaSchedule {
+        /// `betas = linspace(min_beta, max_beta, n_steps)` (the paper's and the demo's).
+        Linear = "linear",
+        /// `abar(t) = f(t) / f(0)`, `f(t) = cos^2((t / T + s) / (1 + s) pi / 2)`, s = 0.008, betas
+        /// clipped at 0.999 (improved-diffusion's `betas_for_alpha_bar`).
+        Cosine = "cosine",
+    }
+}
+
+/// The `ddpm:` section of options.yml: the schedule's kind, length and (linear) ends.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScheduleConfig {
+    /// `linear` or `cosine` (checkpoints without it are linear).
+    pub schedule: BetaSchedule,
     /// Diffusion steps T.
     pub n_steps: i64,
-    /// beta_1.
+    /// Linear: beta_1.
     pub min_beta: f64,
-    /// beta_T.
+    /// Linear: beta_T.
     pub max_beta: f64,
 }
 
 impl Default for ScheduleConfig {
     fn default() -> Self {
-        Self { n_steps: 1000, min_beta: 1e-4, max_beta: 0.02 }
+        Self { schedule: BetaSchedule::Linear, n_steps: 1000, min_beta: 1e-4, max_beta: 0.02 }
     }
 }
 
 impl ScheduleConfig {
     /// The schedule these settings describe.
     pub fn build(&self) -> Schedule {
-        Schedule::linear(self.n_steps, self.min_beta, self.max_beta)
+        match self.schedule {
+            BetaSchedule::Linear => Schedule::linear(self.n_steps, self.min_beta, self.max_beta),
+            BetaSchedule::Cosine => Schedule::cosine(self.n_steps, 0.008, 0.999),
+        }
+    }
+
+    /// A one-line description for logs and reports.
+    pub fn describe(&self) -> String {
+        match self.schedule {
+            BetaSchedule::Linear => {
+                format!("linear betas {}..{} over {} steps", self.min_beta, self.max_beta, self.n_steps)
+            }
+            BetaSchedule::Cosine => format!("cosine (s = 0.008) over {} steps", self.n_steps),
+        }
     }
 
     /// Checks the values; the message names the key.
@@ -31,7 +58,8 @@ impl ScheduleConfig {
         if self.n_steps < 1 {
             return Err(format!("ddpm.n_steps = {} is not allowed: n_steps >= 1", self.n_steps));
         }
-        if !(self.min_beta > 0.0 && self.min_beta < self.max_beta && self.max_beta < 1.0) {
+        let linear = self.schedule == BetaSchedule::Linear;
+        if linear && !(self.min_beta > 0.0 && self.min_beta < self.max_beta && self.max_beta < 1.0) {
             return Err(format!(
                 "ddpm.min_beta/max_beta = {}/{} is not allowed: 0 < min_beta < max_beta < 1",
                 self.min_beta, self.max_beta
@@ -41,8 +69,7 @@ impl ScheduleConfig {
     }
 }
 
-/// `betas = linspace(min_beta, max_beta, n_steps)`, `alphas = 1 - betas`,
-/// `alphas_cumprod = cumprod(alphas)`.
+/// `betas`, `alphas = 1 - betas`, `alphas_cumprod = cumprod(alphas)`.
 #[derive(Debug, Clone)]
 pub struct Schedule {
     pub betas: Vec<f64>,
@@ -51,11 +78,28 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// `betas = linspace(min_beta, max_beta, n_steps)`.
     pub fn linear(n_steps: i64, min_beta: f64, max_beta: f64) -> Self {
         let n = n_steps.max(1) as usize;
         let betas: Vec<f64> = (0..n)
             .map(|i| if n == 1 { min_beta } else { min_beta + (max_beta - min_beta) * i as f64 / (n - 1) as f64 })
             .collect();
+        Self::from_betas(betas)
+    }
+
+    /// Nichol & Dhariwal's cosine schedule: `beta_i = min(1 - abar((i + 1) / T) / abar(i / T),
+    /// max_beta)` with `abar(t) = cos^2((t + s) / (1 + s) pi / 2)` (the ratio makes the f(0)
+    /// normalisation cancel). The clip keeps the last step's `beta` below 1, so `alphas` and
+    /// `alphas_cumprod` stay positive and every reverse-step term finite.
+    pub fn cosine(n_steps: i64, s: f64, max_beta: f64) -> Self {
+        let n = n_steps.max(1) as usize;
+        let f = |t: f64| ((t + s) / (1.0 + s) * std::f64::consts::FRAC_PI_2).cos().powi(2);
+        let betas =
+            (0..n).map(|i| (1.0 - f((i + 1) as f64 / n as f64) / f(i as f64 / n as f64)).min(max_beta)).collect();
+        Self::from_betas(betas)
+    }
+
+    fn from_betas(betas: Vec<f64>) -> Self {
         let alphas: Vec<f64> = betas.iter().map(|b| 1.0 - b).collect();
         let alphas_cumprod = alphas
             .iter()
@@ -119,6 +163,40 @@ mod tests {
         assert!((s.posterior_variance(487) - 0.009791571985690044).abs() < 1e-12);
         assert_eq!(s.posterior_variance(0), 0.0);
         assert_eq!(s.step_variance(487, true), s.betas[487]);
+    }
+
+    /// Golden values (improved-diffusion's formula, NumPy float64):
+    /// ```python
+    /// f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+    /// betas = np.array([min(1 - f((i + 1) / 1000) / f(i / 1000), 0.999) for i in range(1000)])
+    /// ab = np.cumprod(1 - betas)
+    /// betas[0], ab[0], ab[499], ab[998], ab[999], betas[999]
+    /// # 4.128422482196914e-05 0.999958715775178 0.4938435904406382 2.4287669070348544e-06
+    /// # 2.4287669070348567e-09 0.999
+    /// ```
+    #[test]
+    fn cosine_golden_numbers_and_a_finite_last_step() {
+        let s = Schedule::cosine(1000, 0.008, 0.999);
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs().max(1e-300) + 1e-18;
+        assert!(close(s.betas[0], 4.128422482196914e-05), "{}", s.betas[0]);
+        assert!(close(s.alphas_cumprod[0], 0.999958715775178));
+        assert!((s.alphas_cumprod[499] - 0.4938435904406382).abs() < 1e-12);
+        assert!((s.alphas_cumprod[998] / 2.4287669070348544e-06 - 1.0).abs() < 1e-9);
+        assert!((s.alphas_cumprod[999] / 2.4287669070348567e-09 - 1.0).abs() < 1e-9);
+        assert_eq!(s.betas[999], 0.999);
+        for t in 0..1000 {
+            let ab = s.alphas_cumprod[t];
+            let terms = [1.0 / ab.sqrt(), (1.0 / ab - 1.0).sqrt(), s.posterior_variance(t), s.step_variance(t, true)];
+            assert!(terms.iter().all(|x| x.is_finite()), "t = {t}: {terms:?}");
+        }
+        // The config builds it; linear stays the default and ignores nothing it used before.
+        let cfg = ScheduleConfig { schedule: BetaSchedule::Cosine, ..Default::default() };
+        assert_eq!(cfg.build().betas, s.betas);
+        assert_eq!(ScheduleConfig::default().build().betas, Schedule::linear(1000, 1e-4, 0.02).betas);
+        // Old checkpoints' metadata (no `schedule`) reads as linear.
+        let old: ScheduleConfig =
+            serde_json::from_str(r#"{"n_steps": 50, "min_beta": 0.001, "max_beta": 0.03}"#).unwrap();
+        assert_eq!(old.schedule, BetaSchedule::Linear);
     }
 
     #[test]

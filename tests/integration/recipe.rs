@@ -224,3 +224,29 @@ fn bad_trace_weights_are_named() {
     assert!(e.contains("DDPM_TRACE_WEIGHTS=\"1,ten\""), "{e}");
     assert!(!dir.path().join("run/checkpoints/latest.safetensors").exists(), "it trained anyway");
 }
+
+/// `ddpm.schedule: cosine` trains, is stored in the checkpoint, and samples from it without a
+/// config (the checkpoint alone rebuilds the schedule).
+#[test]
+fn cosine_schedule_trains_and_travels_with_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_mnist(&dir.path().join("data"), 32);
+    let cfg = common::tiny_config(dir.path());
+    let args = ["train", "--config", cfg.to_str().unwrap(), "--max-steps", "4", "--set", "ddpm.schedule=cosine"];
+    let out = common::ddpm(dir.path(), &args);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(common::losses(&dir.path().join("run")).iter().all(|(_, l)| l.is_finite()));
+    let ck = dir.path().join("run/checkpoints/latest.safetensors");
+    let info = ddpm::checkpoint::Checkpoint::read(&ck).unwrap().info.unwrap();
+    assert_eq!(info.spec.schedule.schedule, ddpm::diffusion::BetaSchedule::Cosine);
+    let out = common::ddpm(dir.path(), &["info", ck.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cosine (s = 0.008) over 20 steps"));
+    let png = dir.path().join("s.png");
+    let args = ["sample", "--config", "none.yml", "--checkpoint", ck.to_str().unwrap(), "--out", png.to_str().unwrap()];
+    let out = common::ddpm(dir.path(), &args);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let img = image::open(&png).unwrap().to_luma8();
+    // Clipped to [-1, 1] and not one flat colour.
+    let (lo, hi) = img.pixels().fold((255u8, 0u8), |(lo, hi), p| (lo.min(p.0[0]), hi.max(p.0[0])));
+    assert!(hi > lo, "a flat grid");
+}
