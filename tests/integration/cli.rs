@@ -353,7 +353,7 @@ fn bad_choices_and_keys_of_the_other_kind_exit_2() {
         (&["train.precision=fp16"][..], &["train.precision", "gradient scaler"][..]),
         (&["train.precision=fp8"], &["train.precision", "fp32 or bf16"]),
         (&["train.optimizer=sgd"], &["train.optimizer", "adam or adamw"]),
-        (&["sample.sampler=euler"], &["sample.sampler", "ddpm or ddim"]),
+        (&["sample.sampler=euler"], &["sample.sampler", "ddpm, ddim or dpm-solver++"]),
         (&["sample.spacing=cosine"], &["sample.spacing", "uniform or quadratic"]),
         // tiny.yml has the demo's `channels` and `pe_dim`.
         (&["network.kind=unet"], &["network.channels", "for network kind unet", "did you mean"]),

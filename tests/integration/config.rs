@@ -208,7 +208,7 @@ fn choices_list_their_values_and_kinds_their_keys() {
         ("train:\n  optimizer: sgd\n", "train.optimizer", "adam or adamw"),
         ("train:\n  precision: fp8\n", "train.precision", "fp32 or bf16"),
         ("train:\n  precision: fp16\n", "train.precision", "gradient scaler"),
-        ("sample:\n  sampler: euler\n", "sample.sampler", "ddpm or ddim"),
+        ("sample:\n  sampler: euler\n", "sample.sampler", "ddpm, ddim or dpm-solver++"),
         ("sample:\n  spacing: cosine\n", "sample.spacing", "uniform or quadratic"),
         ("network:\n  kind: vit\n", "network.kind", "demo or unet"),
         ("network:\n  kind: unet\n  channels: [8, 16]\n", "'network.channels' for network kind unet", "channel_mults"),
