@@ -50,6 +50,7 @@ impl ModelInfo {
             ("image_shape".to_string(), j(serde_json::json!(self.spec.image_shape))),
             ("dataset".to_string(), self.dataset.clone()),
             ("class_names".to_string(), j(serde_json::json!(self.spec.class_names))),
+            ("prediction".to_string(), self.spec.prediction.to_string()),
             ("cond_drop_prob".to_string(), j(serde_json::json!(self.cond_drop_prob))),
             ("epoch".to_string(), self.epoch.to_string()),
             ("step".to_string(), self.step.to_string()),
@@ -69,6 +70,11 @@ impl ModelInfo {
             image_shape: serde_json::from_value(parse("image_shape")?)
                 .with_context(|| format!("{}: metadata 'image_shape'", path.display()))?,
             class_names: serde_json::from_value(parse("class_names")?).unwrap_or_default(),
+            // Checkpoints written before targets existed predict the noise.
+            prediction: match m.get("prediction") {
+                None => Default::default(),
+                Some(p) => p.parse().map_err(|e| anyhow::anyhow!("{}: metadata 'prediction': {e}", path.display()))?,
+            },
         };
         Ok(Self {
             spec,

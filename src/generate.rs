@@ -1,6 +1,7 @@
 //! Drawing images from a model in batches: the one batched sampler behind `ddpm sample`,
 //! `ddpm eval`, and the grids and evaluations during training.
 
+use crate::diffusion::prediction::AsEps;
 use crate::diffusion::sampler::{self, ReverseProcess};
 use crate::logging;
 use crate::spec::Model;
@@ -57,7 +58,8 @@ pub fn draw(model: &Model, req: &Request, mut frames: Option<(&mut Vec<Tensor>, 
         let noise = model.noise(b);
         let y = req.labels.map(|l| l.narrow(0, i * batch, b));
         let mut mine = vec![noise.to_device(Device::Cpu)];
-        let x = sampler::sample(model.net.as_ref(), &model.scheduler, noise, y.as_ref(), req.sampler, |j, _, x| {
+        let net = AsEps { net: model.net.as_ref(), prediction: model.prediction, scheduler: &model.scheduler };
+        let x = sampler::sample(&net, &model.scheduler, noise, y.as_ref(), req.sampler, |j, _, x| {
             bar.inc(1);
             if keep_at.contains(&j) {
                 mine.push(x.to_device(Device::Cpu));

@@ -78,6 +78,7 @@ pub fn info(path: &Path) -> Result<Value> {
             out["class_names"] = json!(i.spec.class_names);
             out["schedule"] = serde_json::to_value(&i.spec.schedule)?;
             out["schedule_description"] = i.spec.schedule.describe().into();
+            out["prediction"] = i.spec.prediction.to_string().into();
             out["cond_drop_prob"] = json!(i.cond_drop_prob);
             out["epoch"] = i.epoch.into();
             out["step"] = i.step.into();
@@ -124,6 +125,7 @@ pub fn table(v: &Value) -> String {
             names.join(", ")
         );
         s += &format!("schedule        {}\n", v["schedule_description"].as_str().unwrap_or(""));
+        s += &format!("predicts        {}\n", v["prediction"].as_str().unwrap_or("eps"));
         s += &format!("trained         epoch {}, step {}\n", v["epoch"], v["step"]);
     }
     s += &format!("EMA weights     {}\n", yes(&v["ema"]));

@@ -3,6 +3,7 @@
 //! here, the one place where networks are constructed.
 
 use crate::config::Config;
+use crate::diffusion::prediction::Prediction;
 use crate::diffusion::{DdpmScheduler, ScheduleConfig};
 use crate::model::{self, Denoiser, NetworkConfig};
 use tch::{nn, Device, Tensor};
@@ -16,6 +17,8 @@ pub struct ModelSpec {
     pub image_shape: [i64; 3],
     /// In label order (empty when unknown).
     pub class_names: Vec<String>,
+    /// What the network predicts.
+    pub prediction: Prediction,
 }
 
 /// A model ready to run: weights, network and schedule on one device.
@@ -26,8 +29,10 @@ pub struct Model {
     pub scheduler: DdpmScheduler,
     /// `[C, H, W]`.
     pub image_shape: [i64; 3],
-    /// Convolution weights, and the inputs [`Model::format`] gives, are channels-last.
+    /// Convolution weights, and the inputs [`Model::layout`] gives, are channels-last.
     pub channels_last: bool,
+    /// What the network predicts.
+    pub prediction: Prediction,
 }
 
 impl ModelSpec {
@@ -38,6 +43,7 @@ impl ModelSpec {
             schedule: cfg.ddpm.clone(),
             image_shape: cfg.image_shape(),
             class_names: crate::data::class_names(cfg.dataset.name),
+            prediction: cfg.train.prediction,
         }
     }
 
@@ -59,13 +65,17 @@ impl ModelSpec {
             scheduler: DdpmScheduler::new(self.schedule.build(), device),
             image_shape: self.image_shape,
             channels_last,
+            prediction: self.prediction,
         }
     }
 
-    /// Whether a checkpoint of `other` can continue as this model (same network, schedule
-    /// and image shape).
+    /// Whether a checkpoint of `other` can continue as this model (same network, schedule,
+    /// image shape and prediction target).
     pub fn same_architecture(&self, other: &ModelSpec) -> bool {
-        self.network == other.network && self.schedule == other.schedule && self.image_shape == other.image_shape
+        self.network == other.network
+            && self.schedule == other.schedule
+            && self.image_shape == other.image_shape
+            && self.prediction == other.prediction
     }
 }
 

@@ -34,11 +34,17 @@ impl DdpmScheduler {
         self.schedule.n_steps() as i64
     }
 
-    /// `x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`, one `t` per sample.
-    pub fn add_noise(&self, x0: &Tensor, noise: &Tensor, t: &Tensor) -> Tensor {
-        let n = x0.size()[0];
+    /// `(sqrt(abar_t), sqrt(1 - abar_t))` for each sample's `t`, shaped `[N, 1, 1, 1]`.
+    pub fn coefficients(&self, t: &Tensor) -> (Tensor, Tensor) {
+        let n = t.size()[0];
         let a = self.sqrt_alphas_cumprod.index_select(0, t).view([n, 1, 1, 1]);
         let b = self.sqrt_one_minus_alphas_cumprod.index_select(0, t).view([n, 1, 1, 1]);
+        (a, b)
+    }
+
+    /// `x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`, one `t` per sample.
+    pub fn add_noise(&self, x0: &Tensor, noise: &Tensor, t: &Tensor) -> Tensor {
+        let (a, b) = self.coefficients(t);
         x0 * a + noise * b
     }
 

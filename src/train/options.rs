@@ -1,5 +1,6 @@
 //! The `train:` section of options.yml.
 
+use crate::diffusion::prediction::{LossWeighting, Prediction};
 use crate::diffusion::sampler::SamplerKind;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -65,6 +66,12 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Linear learning-rate warm-up over this many steps (0 = none).
     pub warmup_steps: i64,
+    /// What the network learns to predict: `eps` (the noise), `v` or `x0`; stored in the
+    /// checkpoint, and every sampler converts it.
+    pub prediction: Prediction,
+    /// `uniform` or `min-snr` (Min-SNR-gamma, weights `min(SNR, min_snr_gamma)` as an x0 loss).
+    pub loss_weighting: LossWeighting,
+    pub min_snr_gamma: f64,
     /// Clip the global gradient norm to this value (0 = no clipping).
     pub grad_clip: f64,
     /// Random horizontal flips of the training images.
@@ -96,6 +103,9 @@ impl Default for TrainConfig {
             optimizer: Optimizer::Adam,
             weight_decay: 0.0,
             warmup_steps: 0,
+            prediction: Prediction::Eps,
+            loss_weighting: LossWeighting::Uniform,
+            min_snr_gamma: 5.0,
             grad_clip: 0.0,
             hflip: false,
             precision: Precision::Fp32,
@@ -144,6 +154,12 @@ impl TrainConfig {
             "grad_clip",
             self.grad_clip,
             "grad_clip >= 0 (0 = no clipping)",
+        )?;
+        check(
+            self.min_snr_gamma > 0.0 && self.min_snr_gamma.is_finite(),
+            "min_snr_gamma",
+            self.min_snr_gamma,
+            "min_snr_gamma > 0 (5 in the paper)",
         )?;
         check(self.eval_every >= 0, "eval_every", self.eval_every, "eval_every >= 0 (0 = never)")?;
         check(self.eval_samples >= 2, "eval_samples", self.eval_samples, "eval_samples >= 2")

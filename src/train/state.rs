@@ -71,8 +71,9 @@ impl Trainer<'_> {
             let (have, want) = (&info.spec, &ModelInfo::from_config(self.cfg).spec);
             if !have.same_architecture(want) {
                 bail!(UsageError(format!(
-                    "--resume: {} was trained with network {:?}, ddpm {:?}, images {:?}, but the config asks for network {:?}, ddpm {:?}, images {:?}",
-                    latest.display(), have.network, have.schedule, have.image_shape, want.network, want.schedule, want.image_shape
+                    "--resume: {} was trained with network {:?}, ddpm {:?}, images {:?}, prediction {}, but the config asks for network {:?}, ddpm {:?}, images {:?}, prediction {}",
+                    latest.display(), have.network, have.schedule, have.image_shape, have.prediction,
+                    want.network, want.schedule, want.image_shape, want.prediction
                 )));
             }
         }

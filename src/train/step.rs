@@ -1,5 +1,6 @@
 //! One training step, the only one: the random draws of a batch (flips, `t`, noise, label
-//! dropout), the loss `MSE(net(x_t, t, y), noise)`, backward (in one or two compute streams,
+//! dropout), the loss `MSE(net(x_t, t, y), target)` (the target: the noise, v or x0, optionally
+//! Min-SNR weighted per sample), backward (in one or two compute streams,
 //! under bf16 autocast when configured), the gradients' all-reduce in a data-parallel run,
 //! clipping, warm-up, Adam and the EMA update. `ddpm train` and `ddpm bench` both run it.
 
@@ -7,6 +8,7 @@ use super::options::{Optimizer, Precision};
 use super::streams::{self, Streams};
 use crate::config::Config;
 use crate::data::ImageDataset;
+use crate::diffusion::prediction::LossWeighting;
 use crate::ema::Ema;
 use crate::model::Denoiser;
 use crate::optim::{Adam, AdamConfig};
@@ -26,10 +28,37 @@ pub const SEED_EPOCH: u64 = 1;
 /// The purpose of the seed of a step's random draws.
 pub const SEED_STEP: u64 = 2;
 
-/// The training loss: mean squared error between the noise and the network's prediction of
-/// it (in fp32 whatever the autocast dtype).
-pub fn denoising_loss(net: &dyn Denoiser, x_t: &Tensor, t: &Tensor, labels: Option<&Tensor>, noise: &Tensor) -> Tensor {
-    net.forward(x_t, t, labels).to_kind(Kind::Float).mse_loss(noise, Reduction::Mean)
+/// What the network is fitted to in a step: its target and, for Min-SNR weighting, one weight
+/// per sample.
+pub struct Target {
+    pub value: Tensor,
+    pub weights: Option<Tensor>,
+}
+
+impl Target {
+    /// Rows `[lo, lo + n)`.
+    pub fn narrow(&self, lo: i64, n: i64) -> Target {
+        Target { value: self.value.narrow(0, lo, n), weights: self.weights.as_ref().map(|w| w.narrow(0, lo, n)) }
+    }
+}
+
+/// The training loss: the mean squared error between the target and the network's output (in
+/// fp32 whatever the autocast dtype); with weights, each sample's mean error times its weight,
+/// averaged.
+pub fn denoising_loss(
+    net: &dyn Denoiser,
+    x_t: &Tensor,
+    t: &Tensor,
+    labels: Option<&Tensor>,
+    target: &Target,
+) -> Tensor {
+    let out = net.forward(x_t, t, labels).to_kind(Kind::Float);
+    match &target.weights {
+        None => out.mse_loss(&target.value, Reduction::Mean),
+        Some(w) => {
+            ((out - &target.value).square().mean_dim(&[1i64, 2, 3][..], false, Kind::Float) * w).mean(Kind::Float)
+        }
+    }
 }
 
 /// This process's part `[start, start + len)` of a global batch of `full` images split over
@@ -71,6 +100,8 @@ pub struct StepInputs {
     pub labels: Option<Tensor>,
     /// `sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`.
     pub x_t: Tensor,
+    /// What the network is fitted to.
+    pub target: Target,
 }
 
 /// The images and labels of `shard` of the global batch `idx` (an index tensor).
@@ -173,7 +204,17 @@ impl Learner {
             labels.where_self(&drop.logical_not(), &labels.full_like(k))
         });
         let x_t = self.model.scheduler.add_noise(&x0, &noise, &t);
-        StepInputs { shard, x0, t, noise, labels, x_t }
+        let (a, b) = self.model.scheduler.coefficients(&t);
+        let prediction = self.model.prediction;
+        let weights = match self.cfg.train.loss_weighting {
+            LossWeighting::Uniform => None,
+            LossWeighting::MinSnr => {
+                let snr = (a.square() / b.square()).view([-1]);
+                Some(prediction.min_snr_weights(&snr, self.cfg.train.min_snr_gamma))
+            }
+        };
+        let target = Target { value: self.model.layout(prediction.target(&x0, &noise, &a, &b)), weights };
+        StepInputs { shard, x0, t, noise, labels, x_t, target }
     }
 
     /// One optimizer step on `inp` after `done` steps; returns the (device) loss of the batch.
@@ -189,11 +230,11 @@ impl Learner {
             Some((streams, params)) => {
                 // Two streams: this thread and the worker each take half of the batch.
                 self.opt.zero_grad();
-                streams.forward_backward(net, params, &inp.x_t, &inp.t, labels, &inp.noise)?
+                streams.forward_backward(net, params, &inp.x_t, &inp.t, labels, &inp.target)?
             }
             None => {
                 net.set_training(true);
-                let forward = || denoising_loss(net, &inp.x_t, &inp.t, labels, &inp.noise);
+                let forward = || denoising_loss(net, &inp.x_t, &inp.t, labels, &inp.target);
                 let loss = match self.bf16 {
                     true => crate::precision::with_bf16_autocast(self.model.device(), forward)?,
                     false => forward(),

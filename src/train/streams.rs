@@ -7,7 +7,7 @@
 //! All random numbers are drawn before the split, so a step is as reproducible as with one
 //! stream (the split only changes float rounding).
 
-use super::step::denoising_loss;
+use super::step::{denoising_loss, Target};
 use crate::config::Config;
 use crate::model;
 use crate::spec::ModelSpec;
@@ -20,7 +20,7 @@ struct Job {
     x_t: Tensor,
     t: Tensor,
     labels: Option<Tensor>,
-    noise: Tensor,
+    target: Target,
     /// The half's share of the batch (its mean loss is weighted by it).
     weight: f64,
 }
@@ -90,7 +90,7 @@ impl Streams {
                     crate::optim::reset_grad(p);
                 }
                 net.set_training(true);
-                let loss = denoising_loss(net.as_ref(), &job.x_t, &job.t, job.labels.as_ref(), &job.noise);
+                let loss = denoising_loss(net.as_ref(), &job.x_t, &job.t, job.labels.as_ref(), &job.target);
                 net.set_training(false);
                 (&loss * job.weight).backward();
                 let grads = params.iter().map(|p| p.grad()).collect();
@@ -113,7 +113,7 @@ impl Streams {
         x_t: &Tensor,
         t: &Tensor,
         labels: Option<&Tensor>,
-        noise: &Tensor,
+        target: &Target,
     ) -> Result<Tensor> {
         let len = x_t.size()[0];
         let half = len / 2;
@@ -123,7 +123,7 @@ impl Streams {
             x_t: part(x_t, half, len - half),
             t: part(t, half, len - half),
             labels: labels.map(|l| part(l, half, len - half)),
-            noise: part(noise, half, len - half),
+            target: target.narrow(half, len - half),
             weight: wb,
         };
         self.jobs
@@ -139,7 +139,7 @@ impl Streams {
             &part(x_t, 0, half),
             &part(t, 0, half),
             labels.map(|l| part(l, 0, half)).as_ref(),
-            &part(noise, 0, half),
+            &target.narrow(0, half),
         );
         net.set_training(false);
         (&la * wa).backward();
