@@ -72,7 +72,7 @@ impl ModelInfo {
             class_names: serde_json::from_value(parse("class_names")?).unwrap_or_default(),
             // Checkpoints written before targets existed predict the noise.
             prediction: match m.get("prediction") {
-                None => Default::default(),
+                None => crate::diffusion::prediction::Prediction::Eps,
                 Some(p) => p.parse().map_err(|e| anyhow::anyhow!("{}: metadata 'prediction': {e}", path.display()))?,
             },
         };

@@ -31,12 +31,6 @@ crate::choice! {
     }
 }
 
-impl Default for Prediction {
-    fn default() -> Self {
-        Self::Eps
-    }
-}
-
 impl Prediction {
     /// The training target for `x_t = a x0 + b noise` (`a`, `b` shaped to broadcast).
     pub fn target(self, x0: &Tensor, noise: &Tensor, a: &Tensor, b: &Tensor) -> Tensor {
