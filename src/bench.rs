@@ -216,7 +216,8 @@ fn time_epoch(
     let mut learner = Learner::new(cfg, spec, device, false)?;
     let bs = cfg.train.batch_size;
     let n = ds.len();
-    let spe = (n + bs - 1) / bs;
+    let spe = cfg.train.steps_per_epoch(n);
+    learner.set_total_steps(spe * cfg.train.n_epochs);
     let steps = steps.min(spe);
     let t0 = Instant::now();
     tch::manual_seed(derived_seed(cfg.seed, SEED_EPOCH, 1));

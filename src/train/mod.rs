@@ -77,15 +77,11 @@ impl Trainer<'_> {
     }
 
     fn steps_per_epoch(&self) -> i64 {
-        (self.dataset.len() + self.cfg.train.batch_size - 1) / self.cfg.train.batch_size
+        self.cfg.train.steps_per_epoch(self.dataset.len())
     }
 
     fn total_steps(&self) -> i64 {
-        let all = self.steps_per_epoch() * self.cfg.train.n_epochs;
-        match self.cfg.train.max_steps {
-            0 => all,
-            m => m.min(all),
-        }
+        self.cfg.train.total_steps(self.dataset.len())
     }
 }
 
@@ -164,7 +160,8 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<()> {
 
     let mut info = ModelInfo::from_config(cfg);
     info.spec.class_names = dataset.class_names.clone();
-    let learner = Learner::new(cfg, &info.spec, device, dist.is_some())?;
+    let mut learner = Learner::new(cfg, &info.spec, device, dist.is_some())?;
+    learner.set_total_steps(cfg.train.steps_per_epoch(dataset.len()) * cfg.train.n_epochs);
     tracing::info!(
         "network {}, classes {}: {} trainable parameters; EMA {}; device {}",
         cfg.network.describe(),

@@ -16,6 +16,17 @@ crate::choice! {
 }
 
 crate::choice! {
+    /// `train.lr_schedule`: the learning rate after the warm-up.
+    pub enum LrSchedule {
+        Constant = "constant",
+        /// Half a cosine from lr to 0 over the rest of the run.
+        Cosine = "cosine",
+        /// A straight line from lr to 0 over the rest of the run.
+        Linear = "linear",
+    }
+}
+
+crate::choice! {
     /// `train.precision`.
     pub enum Precision {
         Fp32 = "fp32" | "float32",
@@ -72,6 +83,13 @@ pub struct TrainConfig {
     /// `uniform` or `min-snr` (Min-SNR-gamma, weights `min(SNR, min_snr_gamma)` as an x0 loss).
     pub loss_weighting: LossWeighting,
     pub min_snr_gamma: f64,
+    /// `constant`, `cosine` or `linear` decay to 0 after the warm-up, spanning `n_epochs` epochs
+    /// (`max_steps` stops a run early without shortening the schedule, so a run stopped there
+    /// and resumed follows the same learning rates).
+    pub lr_schedule: LrSchedule,
+    /// Split each batch into this many micro-batches whose gradients add up (the same update as
+    /// the whole batch, in less memory).
+    pub grad_accum: i64,
     /// Clip the global gradient norm to this value (0 = no clipping).
     pub grad_clip: f64,
     /// Random horizontal flips of the training images.
@@ -106,6 +124,8 @@ impl Default for TrainConfig {
             prediction: Prediction::Eps,
             loss_weighting: LossWeighting::Uniform,
             min_snr_gamma: 5.0,
+            lr_schedule: LrSchedule::Constant,
+            grad_accum: 1,
             grad_clip: 0.0,
             hflip: false,
             precision: Precision::Fp32,
@@ -124,6 +144,20 @@ fn check(ok: bool, key: &str, value: impl std::fmt::Display, allowed: &str) -> R
 }
 
 impl TrainConfig {
+    /// Optimizer steps in an epoch of `n_images` (the last batch may be short).
+    pub fn steps_per_epoch(&self, n_images: i64) -> i64 {
+        (n_images + self.batch_size - 1) / self.batch_size
+    }
+
+    /// Optimizer steps this run takes: all epochs, or `max_steps` if fewer.
+    pub fn total_steps(&self, n_images: i64) -> i64 {
+        let all = self.steps_per_epoch(n_images) * self.n_epochs;
+        match self.max_steps {
+            0 => all,
+            m => m.min(all),
+        }
+    }
+
     /// Checks the values; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
         check(self.batch_size >= 1, "batch_size", self.batch_size, "batch_size >= 1")?;
@@ -147,6 +181,12 @@ impl TrainConfig {
             "weight_decay",
             self.weight_decay,
             "weight_decay >= 0",
+        )?;
+        check(
+            self.grad_accum >= 1 && self.grad_accum <= self.batch_size,
+            "grad_accum",
+            self.grad_accum,
+            &format!("1 <= grad_accum <= batch_size ({})", self.batch_size),
         )?;
         check(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "warmup_steps >= 0 (0 = none)")?;
         check(

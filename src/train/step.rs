@@ -4,7 +4,7 @@
 //! under bf16 autocast when configured), the gradients' all-reduce in a data-parallel run,
 //! clipping, warm-up, Adam and the EMA update. `ddpm train` and `ddpm bench` both run it.
 
-use super::options::{Optimizer, Precision};
+use super::options::{LrSchedule, Optimizer, Precision, TrainConfig};
 use super::streams::{self, Streams};
 use crate::config::Config;
 use crate::data::ImageDataset;
@@ -59,6 +59,22 @@ pub fn denoising_loss(
             ((out - &target.value).square().mean_dim(&[1i64, 2, 3][..], false, Kind::Float) * w).mean(Kind::Float)
         }
     }
+}
+
+/// The learning rate of update `done` (0-based) of a run of `total` steps: the paper's linear
+/// warm-up `min(1, done / warmup_steps)`, then `train.lr_schedule` from the end of the warm-up
+/// to the last step: constant, cosine `(1 + cos(pi p)) / 2` or linear `1 - p`, with p the share
+/// of the decay done.
+pub fn lr_at(t: &TrainConfig, done: i64, total: i64) -> f64 {
+    let warm = if t.warmup_steps > 0 { (done as f64 / t.warmup_steps as f64).min(1.0) } else { 1.0 };
+    let span = total - t.warmup_steps;
+    let p = if span > 0 { ((done - t.warmup_steps) as f64 / span as f64).clamp(0.0, 1.0) } else { 0.0 };
+    let decay = match t.lr_schedule {
+        LrSchedule::Constant => 1.0,
+        LrSchedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
+        LrSchedule::Linear => 1.0 - p,
+    };
+    t.lr * warm * decay
 }
 
 /// This process's part `[start, start + len)` of a global batch of `full` images split over
@@ -124,6 +140,8 @@ pub struct Learner {
     streams: Option<(Streams, Vec<Tensor>)>,
     /// Forward under bf16 autocast.
     bf16: bool,
+    /// Steps of the whole run, for the learning-rate decay (0: no decay).
+    total_steps: i64,
     cfg: Config,
 }
 
@@ -166,7 +184,12 @@ impl Learner {
             }
             _ => None,
         };
-        Ok(Self { model, ema, opt, streams, bf16, cfg: cfg.clone() })
+        Ok(Self { model, ema, opt, streams, bf16, total_steps: 0, cfg: cfg.clone() })
+    }
+
+    /// The steps the learning-rate decay spans (`n_epochs` epochs).
+    pub fn set_total_steps(&mut self, total: i64) {
+        self.total_steps = total;
     }
 
     /// Compute streams of the step (1 or 2).
@@ -220,40 +243,52 @@ impl Learner {
     /// One optimizer step on `inp` after `done` steps; returns the (device) loss of the batch.
     pub fn step(&mut self, inp: &StepInputs, done: i64, reduce: Option<Reduce>) -> Result<Tensor> {
         let t = &self.cfg.train;
-        if t.warmup_steps > 0 {
-            // The paper's warm-up: lr * min(1, step / warmup) with step the updates done so far.
-            self.opt.lr = t.lr * (done as f64 / t.warmup_steps as f64).min(1.0);
-        }
+        self.opt.lr = lr_at(t, done, self.total_steps);
         let net = self.model.net.as_ref();
-        let labels = inp.labels.as_ref();
-        let loss = match &self.streams {
-            Some((streams, params)) => {
-                // Two streams: this thread and the worker each take half of the batch.
-                self.opt.zero_grad();
-                streams.forward_backward(net, params, &inp.x_t, &inp.t, labels, &inp.target)?
-            }
-            None => {
-                net.set_training(true);
-                let forward = || denoising_loss(net, &inp.x_t, &inp.t, labels, &inp.target);
-                let loss = match self.bf16 {
-                    true => crate::precision::with_bf16_autocast(self.model.device(), forward)?,
-                    false => forward(),
-                };
-                net.set_training(false);
-                self.opt.zero_grad();
-                let weight = inp.shard.weight();
-                let scaled = if weight != 1.0 { &loss * weight } else { loss.shallow_clone() };
-                scaled.backward();
-                match reduce {
-                    None => loss.detach(),
-                    Some(reduce) => {
-                        let loss = scaled.detach().copy();
-                        reduce(&self.opt.grads(), &loss)?;
-                        loss
-                    }
+        self.opt.zero_grad();
+        // Gradient accumulation: micro-batches of the batch, each backward weighted by its
+        // share, so the gradients add up to the whole batch's (the random draws were made for
+        // the whole batch in `inputs`).
+        let len = inp.x_t.size()[0];
+        let micro = t.grad_accum.clamp(1, len.max(1));
+        let weight = inp.shard.weight();
+        let mut loss: Option<Tensor> = None;
+        for i in 0..micro {
+            let (lo, n) = (i * len / micro, (i + 1) * len / micro - i * len / micro);
+            let share = n as f64 / len as f64;
+            let part = |x: &Tensor| x.narrow(0, lo, n);
+            let (x_t, tt, labels) = (part(&inp.x_t), part(&inp.t), inp.labels.as_ref().map(part));
+            let target = inp.target.narrow(lo, n);
+            let part_loss = match &self.streams {
+                // Two streams: this thread and the worker each take half of the (micro-)batch.
+                Some((streams, params)) => {
+                    streams.forward_backward(net, params, &x_t, &tt, labels.as_ref(), &target, share)?
                 }
-            }
-        };
+                None => {
+                    net.set_training(true);
+                    let forward = || denoising_loss(net, &x_t, &tt, labels.as_ref(), &target);
+                    let l = match self.bf16 {
+                        true => crate::precision::with_bf16_autocast(self.model.device(), forward)?,
+                        false => forward(),
+                    };
+                    net.set_training(false);
+                    let scale = weight * share;
+                    let scaled = if scale != 1.0 { &l * scale } else { l.shallow_clone() };
+                    scaled.backward();
+                    l.detach()
+                }
+            };
+            loss = Some(match loss {
+                None if micro == 1 => part_loss,
+                None => part_loss * share,
+                Some(acc) => acc + part_loss * share,
+            });
+        }
+        let mut loss = loss.unwrap_or_else(|| Tensor::zeros([], (Kind::Float, self.model.device())));
+        if let Some(reduce) = reduce {
+            loss = if weight != 1.0 { &loss * weight } else { loss.copy() };
+            reduce(&self.opt.grads(), &loss)?;
+        }
         if t.grad_clip > 0.0 {
             self.opt.clip_grad_norm(t.grad_clip);
         }

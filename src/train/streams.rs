@@ -104,8 +104,9 @@ impl Streams {
     }
 
     /// Forward and backward of the batch, the first half by `net` on this thread and the rest by
-    /// the worker; the worker's gradients are added to `params`' (whose gradients must be zero
-    /// or undefined before). Returns the batch's mean loss, detached.
+    /// the worker, the gradients being those of `scale` times the batch's mean loss; the worker's
+    /// are added to `params`' (which may hold earlier micro-batches' or be undefined). Returns the
+    /// batch's mean loss, detached.
     pub fn forward_backward(
         &self,
         net: &dyn model::Denoiser,
@@ -114,17 +115,20 @@ impl Streams {
         t: &Tensor,
         labels: Option<&Tensor>,
         target: &Target,
+        scale: f64,
     ) -> Result<Tensor> {
         let len = x_t.size()[0];
         let half = len / 2;
         let (wa, wb) = (half as f64 / len as f64, (len - half) as f64 / len as f64);
+        // The gradients are those of `scale` times the batch's mean loss.
+        let (ga, gb) = if scale != 1.0 { (wa * scale, wb * scale) } else { (wa, wb) };
         let part = |x: &Tensor, lo: i64, n: i64| x.narrow(0, lo, n);
         let job = Job {
             x_t: part(x_t, half, len - half),
             t: part(t, half, len - half),
             labels: labels.map(|l| part(l, half, len - half)),
             target: target.narrow(half, len - half),
-            weight: wb,
+            weight: gb,
         };
         self.jobs
             .as_ref()
@@ -142,7 +146,7 @@ impl Streams {
             &target.narrow(0, half),
         );
         net.set_training(false);
-        (&la * wa).backward();
+        (&la * ga).backward();
         tch::set_num_threads(restore);
         let (lb, grads) =
             self.done.recv().map_err(|_| anyhow!("the second stream stopped"))?.map_err(|e| anyhow!(e))?;
