@@ -42,21 +42,44 @@ impl Target {
     }
 }
 
+/// A (micro-)batch as the network sees it: the noisy images, their timesteps and labels, and
+/// what the output is fitted to.
+pub struct NetBatch {
+    pub x_t: Tensor,
+    pub t: Tensor,
+    pub labels: Option<Tensor>,
+    pub target: Target,
+}
+
+impl NetBatch {
+    /// Rows `[lo, lo + n)`.
+    pub fn narrow(&self, lo: i64, n: i64) -> NetBatch {
+        NetBatch {
+            x_t: self.x_t.narrow(0, lo, n),
+            t: self.t.narrow(0, lo, n),
+            labels: self.labels.as_ref().map(|l| l.narrow(0, lo, n)),
+            target: self.target.narrow(lo, n),
+        }
+    }
+
+    pub fn len(&self) -> i64 {
+        self.x_t.size()[0]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The training loss: the mean squared error between the target and the network's output (in
 /// fp32 whatever the autocast dtype); with weights, each sample's mean error times its weight,
 /// averaged.
-pub fn denoising_loss(
-    net: &dyn Denoiser,
-    x_t: &Tensor,
-    t: &Tensor,
-    labels: Option<&Tensor>,
-    target: &Target,
-) -> Tensor {
-    let out = net.forward(x_t, t, labels).to_kind(Kind::Float);
-    match &target.weights {
-        None => out.mse_loss(&target.value, Reduction::Mean),
+pub fn denoising_loss(net: &dyn Denoiser, b: &NetBatch) -> Tensor {
+    let out = net.forward(&b.x_t, &b.t, b.labels.as_ref()).to_kind(Kind::Float);
+    match &b.target.weights {
+        None => out.mse_loss(&b.target.value, Reduction::Mean),
         Some(w) => {
-            ((out - &target.value).square().mean_dim(&[1i64, 2, 3][..], false, Kind::Float) * w).mean(Kind::Float)
+            ((out - &b.target.value).square().mean_dim(&[1i64, 2, 3][..], false, Kind::Float) * w).mean(Kind::Float)
         }
     }
 }
@@ -256,17 +279,18 @@ impl Learner {
         for i in 0..micro {
             let (lo, n) = (i * len / micro, (i + 1) * len / micro - i * len / micro);
             let share = n as f64 / len as f64;
-            let part = |x: &Tensor| x.narrow(0, lo, n);
-            let (x_t, tt, labels) = (part(&inp.x_t), part(&inp.t), inp.labels.as_ref().map(part));
-            let target = inp.target.narrow(lo, n);
+            let part = NetBatch {
+                x_t: inp.x_t.narrow(0, lo, n),
+                t: inp.t.narrow(0, lo, n),
+                labels: inp.labels.as_ref().map(|l| l.narrow(0, lo, n)),
+                target: inp.target.narrow(lo, n),
+            };
             let part_loss = match &self.streams {
                 // Two streams: this thread and the worker each take half of the (micro-)batch.
-                Some((streams, params)) => {
-                    streams.forward_backward(net, params, &x_t, &tt, labels.as_ref(), &target, share)?
-                }
+                Some((streams, params)) => streams.forward_backward(net, params, &part, share)?,
                 None => {
                     net.set_training(true);
-                    let forward = || denoising_loss(net, &x_t, &tt, labels.as_ref(), &target);
+                    let forward = || denoising_loss(net, &part);
                     let l = match self.bf16 {
                         true => crate::precision::with_bf16_autocast(self.model.device(), forward)?,
                         false => forward(),

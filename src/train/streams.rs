@@ -7,7 +7,7 @@
 //! All random numbers are drawn before the split, so a step is as reproducible as with one
 //! stream (the split only changes float rounding).
 
-use super::step::{denoising_loss, Target};
+use super::step::{denoising_loss, NetBatch};
 use crate::config::Config;
 use crate::model;
 use crate::spec::ModelSpec;
@@ -17,10 +17,7 @@ use std::thread::JoinHandle;
 use tch::{nn, Device, Tensor};
 
 struct Job {
-    x_t: Tensor,
-    t: Tensor,
-    labels: Option<Tensor>,
-    target: Target,
+    batch: NetBatch,
     /// The half's share of the batch (its mean loss is weighted by it).
     weight: f64,
 }
@@ -90,7 +87,7 @@ impl Streams {
                     crate::optim::reset_grad(p);
                 }
                 net.set_training(true);
-                let loss = denoising_loss(net.as_ref(), &job.x_t, &job.t, job.labels.as_ref(), &job.target);
+                let loss = denoising_loss(net.as_ref(), &job.batch);
                 net.set_training(false);
                 (&loss * job.weight).backward();
                 let grads = params.iter().map(|p| p.grad()).collect();
@@ -111,25 +108,15 @@ impl Streams {
         &self,
         net: &dyn model::Denoiser,
         params: &[Tensor],
-        x_t: &Tensor,
-        t: &Tensor,
-        labels: Option<&Tensor>,
-        target: &Target,
+        batch: &NetBatch,
         scale: f64,
     ) -> Result<Tensor> {
-        let len = x_t.size()[0];
+        let len = batch.len();
         let half = len / 2;
         let (wa, wb) = (half as f64 / len as f64, (len - half) as f64 / len as f64);
         // The gradients are those of `scale` times the batch's mean loss.
         let (ga, gb) = if scale != 1.0 { (wa * scale, wb * scale) } else { (wa, wb) };
-        let part = |x: &Tensor, lo: i64, n: i64| x.narrow(0, lo, n);
-        let job = Job {
-            x_t: part(x_t, half, len - half),
-            t: part(t, half, len - half),
-            labels: labels.map(|l| part(l, half, len - half)),
-            target: target.narrow(half, len - half),
-            weight: gb,
-        };
+        let job = Job { batch: batch.narrow(half, len - half), weight: gb };
         self.jobs
             .as_ref()
             .ok_or_else(|| anyhow!("stream closed"))?
@@ -138,13 +125,7 @@ impl Streams {
         let restore = tch::get_num_threads();
         tch::set_num_threads(self.threads);
         net.set_training(true);
-        let la = denoising_loss(
-            net,
-            &part(x_t, 0, half),
-            &part(t, 0, half),
-            labels.map(|l| part(l, 0, half)).as_ref(),
-            &target.narrow(0, half),
-        );
+        let la = denoising_loss(net, &batch.narrow(0, half));
         net.set_training(false);
         (&la * ga).backward();
         tch::set_num_threads(restore);
