@@ -10,7 +10,7 @@ use crate::diffusion::ddpm::StepOptions;
 use crate::diffusion::sampler::{ReverseProcess, Sampler};
 use crate::generate::{self, Request};
 use crate::spec::ModelSpec;
-use crate::train::step::{batch_of, derived_seed, Learner, Shard, SEED_EPOCH, SEED_STEP};
+use crate::train::step::{derived_seed, Learner, Shard, SEED_EPOCH, SEED_STEP};
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::time::Instant;
@@ -226,8 +226,7 @@ fn time_epoch(
     for b in 0..steps {
         let idx = perm.narrow(0, b * bs, bs.min(n - b * bs));
         let shard = Shard::whole(idx.size()[0]);
-        let (x0, labels) = batch_of(ds, &idx, shard, device);
-        let inp = learner.inputs(x0, &labels, shard, derived_seed(cfg.seed, SEED_STEP, b));
+        let inp = learner.inputs_at(ds, &idx, shard, b);
         losses.push(learner.step(&inp, b, None)?);
     }
     let losses: Vec<f64> = losses.iter().map(|l| l.double_value(&[])).collect();

@@ -77,12 +77,16 @@ impl SampleConfig {
 
     /// The reverse process these settings describe (guidance as configured).
     pub fn sampler_config(&self) -> ReverseProcess {
-        let sampler = match self.sampler {
+        self.reverse_process(self.sampler, self.steps)
+    }
+
+    /// The reverse process `kind` in `steps` steps (DDIM, DPM-Solver++) with these settings'
+    /// eta, spacing, variance, clipping and guidance.
+    pub fn reverse_process(&self, kind: SamplerKind, steps: i64) -> ReverseProcess {
+        let sampler = match kind {
             SamplerKind::Ddpm => Sampler::Ddpm,
-            SamplerKind::Ddim => Sampler::Ddim { steps: self.steps as usize, eta: self.eta, spacing: self.spacing },
-            SamplerKind::DpmSolverPP => {
-                Sampler::DpmSolverPP { steps: self.steps as usize, spacing: self.spacing, order: 2 }
-            }
+            SamplerKind::Ddim => Sampler::Ddim { steps: steps as usize, eta: self.eta, spacing: self.spacing },
+            SamplerKind::DpmSolverPP => Sampler::DpmSolverPP { steps: steps as usize, spacing: self.spacing, order: 2 },
         };
         ReverseProcess {
             sampler,

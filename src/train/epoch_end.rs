@@ -4,7 +4,7 @@
 
 use super::Trainer;
 use crate::diffusion::ddim::Spacing;
-use crate::diffusion::sampler::{ReverseProcess, Sampler, SamplerKind};
+use crate::diffusion::sampler::{ReverseProcess, Sampler};
 use crate::generate::{self, Request};
 use crate::tensorboard::EventWriter;
 use crate::{fsutil, grid, plot};
@@ -91,19 +91,8 @@ impl Trainer<'_> {
         let labels = (classes > 0)
             .then(|| generate::rows_of_labels(classes, (c.train.grid_samples + classes - 1) / classes, model.device()));
         let n = labels.as_ref().map_or(c.train.grid_samples, |l| l.size()[0]);
-        let mut sc = c.sample.sampler_config();
-        sc.sampler = match c.train.grid_sampler {
-            SamplerKind::Ddpm => Sampler::Ddpm,
-            SamplerKind::Ddim => {
-                Sampler::Ddim { steps: c.train.grid_steps as usize, eta: c.sample.eta, spacing: c.sample.spacing }
-            }
-            SamplerKind::DpmSolverPP => {
-                Sampler::DpmSolverPP { steps: c.train.grid_steps as usize, spacing: c.sample.spacing, order: 2 }
-            }
-        };
-        if classes == 0 {
-            sc.guidance = 1.0;
-        }
+        // (Guidance only acts where there are labels.)
+        let sc = c.sample.reverse_process(c.train.grid_sampler, c.train.grid_steps);
         let xs = self.draw(n, labels.as_ref(), &sc);
         let path = self.run_dir.join("samples").join(format!("epoch-{epoch:04}.png"));
         let cols = if classes > 0 { n / classes } else { grid::default_cols(n) };
@@ -122,7 +111,6 @@ impl Trainer<'_> {
         let labels = generate::cycling_labels(n, classes, model.device());
         let sc = ReverseProcess {
             sampler: Sampler::Ddim { steps: 50, eta: c.sample.eta, spacing: Spacing::Uniform },
-            guidance: if classes > 0 { c.sample.guidance } else { 1.0 },
             ..c.sample.sampler_config()
         };
         let xs = self.draw(n, labels.as_ref(), &sc);

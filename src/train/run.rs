@@ -3,7 +3,7 @@
 //! first, and the epoch ends.
 
 use super::epoch_end::Logs;
-use super::step::{derived_seed, Shard, SEED_EPOCH, SEED_STEP};
+use super::step::{derived_seed, Shard, SEED_EPOCH};
 use super::{Position, Trainer};
 use crate::error::{Interrupted, EXIT_SIGINT, EXIT_SIGTERM};
 use crate::{checkpoint, interrupt, logging};
@@ -22,12 +22,10 @@ impl Trainer<'_> {
             Some(d) => Shard::of(d.rank as i64, d.world_size as i64, full),
         };
         let device = self.learner.model.device();
-        let (x0, labels) = super::step::batch_of(&self.dataset, idx, shard, device);
-        let seed = derived_seed(self.cfg.seed, SEED_STEP, self.pos.step);
-        let inp = self.learner.inputs(x0, &labels, shard, seed);
+        let inp = self.learner.inputs_at(&self.dataset, idx, shard, self.pos.step);
         if let Some(tr) = &self.trace {
             let idx = idx.narrow(0, shard.start, shard.len);
-            tr.inputs(self.pos.step + 1, &idx, &inp.x0, &inp.t, &inp.noise, inp.labels.as_ref())?;
+            tr.inputs(self.pos.step + 1, &idx, &inp.x0, &inp.batch.t, &inp.noise, inp.batch.labels.as_ref())?;
         }
         let loss = match &self.dist {
             None => self.learner.step(&inp, self.pos.step, None)?,

@@ -133,20 +133,10 @@ pub struct StepInputs {
     pub shard: Shard,
     /// This shard's images, after flips, in [-1, 1].
     pub x0: Tensor,
-    pub t: Tensor,
     pub noise: Tensor,
-    /// Labels after dropout to the null class (conditional networks).
-    pub labels: Option<Tensor>,
-    /// `sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`.
-    pub x_t: Tensor,
-    /// What the network is fitted to.
-    pub target: Target,
-}
-
-/// The images and labels of `shard` of the global batch `idx` (an index tensor).
-pub fn batch_of(dataset: &ImageDataset, idx: &Tensor, shard: Shard, device: Device) -> (Tensor, Tensor) {
-    let idx = idx.narrow(0, shard.start, shard.len);
-    (dataset.batch(&idx, device), dataset.labels.index_select(0, &idx).to_device(device))
+    /// What the network sees: `x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`, `t`, the labels
+    /// after dropout to the null class (conditional networks) and the target.
+    pub batch: NetBatch,
 }
 
 /// Called between backward and the update with the gradients and the loss (both reduced in
@@ -249,8 +239,9 @@ impl Learner {
             let drop = Tensor::rand([full], (Kind::Float, device)).narrow(0, lo, len).lt(self.cfg.train.cond_drop_prob);
             labels.where_self(&drop.logical_not(), &labels.full_like(k))
         });
-        let x_t = self.model.scheduler.add_noise(&x0, &noise, &t);
         let (a, b) = self.model.scheduler.coefficients(&t);
+        // `add_noise`, with the coefficients the target needs too.
+        let x_t = &x0 * &a + &noise * &b;
         let prediction = self.model.prediction;
         let weights = match self.cfg.train.loss_weighting {
             LossWeighting::Uniform => None,
@@ -260,7 +251,17 @@ impl Learner {
             }
         };
         let target = Target { value: self.model.layout(prediction.target(&x0, &noise, &a, &b)), weights };
-        StepInputs { shard, x0, t, noise, labels, x_t, target }
+        StepInputs { shard, x0, noise, batch: NetBatch { x_t, t, labels, target } }
+    }
+
+    /// The inputs of training step `step` (0-based) on the global batch `idx` of `dataset`:
+    /// `shard`'s images and labels, and the random draws seeded from `(seed, step)`. What
+    /// `ddpm train` and `ddpm bench` both feed to [`Learner::step`].
+    pub fn inputs_at(&self, dataset: &ImageDataset, idx: &Tensor, shard: Shard, step: i64) -> StepInputs {
+        let device = self.model.device();
+        let idx = idx.narrow(0, shard.start, shard.len);
+        let (x0, labels) = (dataset.batch(&idx, device), dataset.labels.index_select(0, &idx).to_device(device));
+        self.inputs(x0, &labels, shard, derived_seed(self.cfg.seed, SEED_STEP, step))
     }
 
     /// One optimizer step on `inp` after `done` steps; returns the (device) loss of the batch.
@@ -272,19 +273,14 @@ impl Learner {
         // Gradient accumulation: micro-batches of the batch, each backward weighted by its
         // share, so the gradients add up to the whole batch's (the random draws were made for
         // the whole batch in `inputs`).
-        let len = inp.x_t.size()[0];
+        let len = inp.batch.len();
         let micro = t.grad_accum.clamp(1, len.max(1));
         let weight = inp.shard.weight();
         let mut loss: Option<Tensor> = None;
         for i in 0..micro {
             let (lo, n) = (i * len / micro, (i + 1) * len / micro - i * len / micro);
             let share = n as f64 / len as f64;
-            let part = NetBatch {
-                x_t: inp.x_t.narrow(0, lo, n),
-                t: inp.t.narrow(0, lo, n),
-                labels: inp.labels.as_ref().map(|l| l.narrow(0, lo, n)),
-                target: inp.target.narrow(lo, n),
-            };
+            let part = inp.batch.narrow(lo, n);
             let part_loss = match &self.streams {
                 // Two streams: this thread and the worker each take half of the (micro-)batch.
                 Some((streams, params)) => streams.forward_backward(net, params, &part, share)?,
@@ -321,5 +317,35 @@ impl Learner {
             ema.update(done);
         }
         Ok(loss)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learning_rate_schedules() {
+        let mut t = TrainConfig { lr: 1.0, warmup_steps: 0, ..Default::default() };
+        assert_eq!((0..5).map(|d| lr_at(&t, d, 4)).collect::<Vec<_>>(), [1.0; 5]);
+        t.lr_schedule = LrSchedule::Linear;
+        // Over 4 steps: 1, 3/4, 1/2, 1/4; past the end 0.
+        assert_eq!((0..5).map(|d| lr_at(&t, d, 4)).collect::<Vec<_>>(), [1.0, 0.75, 0.5, 0.25, 0.0]);
+        t.lr_schedule = LrSchedule::Cosine;
+        let cos: Vec<f64> = (0..5).map(|d| lr_at(&t, d, 4)).collect();
+        let want = [
+            1.0,
+            0.5 + 0.5 * (std::f64::consts::PI / 4.0).cos(),
+            0.5,
+            0.5 - 0.5 * (std::f64::consts::PI / 4.0).cos(),
+            0.0,
+        ];
+        assert!(cos.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-15), "{cos:?}");
+        // Warm-up first (update 0 has lr 0, as in the paper), the decay after it.
+        t.warmup_steps = 2;
+        t.lr_schedule = LrSchedule::Linear;
+        assert_eq!((0..6).map(|d| lr_at(&t, d, 6)).collect::<Vec<_>>(), [0.0, 0.5, 1.0, 0.75, 0.5, 0.25]);
+        // No decay span (total 0: not set): warm-up only.
+        assert_eq!(lr_at(&t, 5, 0), 1.0);
     }
 }

@@ -110,3 +110,24 @@ fn shell_completions() {
     assert_eq!(out.status.code(), Some(2));
     assert!(common::stderr(&out).contains("possible values"), "{}", common::stderr(&out));
 }
+
+/// The per-epoch grid is what `ddpm sample` draws from the run's EMA weights with the grid's
+/// sampler (`train.grid_sampler`, `grid_steps`) and the same seed: byte for byte.
+#[test]
+fn the_epoch_grid_is_the_configured_sampler() {
+    for (sampler, steps) in [("ddim", "7"), ("dpm-solver++", "5"), ("ddpm", "20")] {
+        let dir = tempfile::tempdir().unwrap();
+        common::write_tiny_mnist(&dir.path().join("data"), 32);
+        let cfg = common::tiny_config(dir.path());
+        let c = cfg.to_str().unwrap();
+        let sets = [format!("train.grid_sampler={sampler}"), format!("train.grid_steps={steps}")];
+        let out = common::ddpm(dir.path(), &["train", "--config", c, "--set", &sets[0], "--set", &sets[1]]);
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        let png = dir.path().join("same.png");
+        let args = ["sample", "--config", c, "--n-samples", "4", "--sampler", sampler, "--out", png.to_str().unwrap()];
+        let out = common::ddpm(dir.path(), &[&args[..], &["--steps", steps]].concat());
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        let grid = std::fs::read(dir.path().join("run/samples/epoch-0002.png")).unwrap();
+        assert!(grid == std::fs::read(&png).unwrap(), "{sampler}: the epoch grid differs from ddpm sample's");
+    }
+}
