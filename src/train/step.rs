@@ -239,17 +239,13 @@ impl Learner {
             let drop = Tensor::rand([full], (Kind::Float, device)).narrow(0, lo, len).lt(self.cfg.train.cond_drop_prob);
             labels.where_self(&drop.logical_not(), &labels.full_like(k))
         });
+        let x_t = self.model.scheduler.add_noise(&x0, &noise, &t);
         let (a, b) = self.model.scheduler.coefficients(&t);
-        // `add_noise`, with the coefficients the target needs too.
-        let x_t = &x0 * &a + &noise * &b;
         let prediction = self.model.prediction;
-        let weights = match self.cfg.train.loss_weighting {
-            LossWeighting::Uniform => None,
-            LossWeighting::MinSnr => {
-                let snr = (a.square() / b.square()).view([-1]);
-                Some(prediction.min_snr_weights(&snr, self.cfg.train.min_snr_gamma))
-            }
-        };
+        let weights = (self.cfg.train.loss_weighting == LossWeighting::MinSnr).then(|| {
+            let snr = (a.square() / b.square()).view([-1]);
+            prediction.min_snr_weights(&snr, self.cfg.train.min_snr_gamma)
+        });
         let target = Target { value: self.model.layout(prediction.target(&x0, &noise, &a, &b)), weights };
         StepInputs { shard, x0, noise, batch: NetBatch { x_t, t, labels, target } }
     }
