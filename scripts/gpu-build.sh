@@ -43,6 +43,40 @@ with zipfile.ZipFile(wheel) as z:
 PY
 fi
 
+# The NCCL backend needs the CUDA runtime and NCCL headers of the nvidia-* packages, which the wheel
+# above comes without. ProcessGroupNCCL's layout depends on the NCCL version its headers declare, so
+# the NCCL headers are those of the exact nvidia-nccl version this torch pins (downloaded); the CUDA
+# runtime headers are those of the project's own torch (the same CUDA major version).
+nvidia="$(dirname "$(readlink -f .libtorch)")/nvidia"
+wheel="$(ls "$work"/wheel/torch-"$version"-*.whl | head -1)"
+nccl_pin="$("$py" - "$wheel" <<'PY'
+import re, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+    m = re.search(r"^Requires-Dist: (nvidia-nccl-cu\d+==[\w.]+)", z.read(meta).decode(), re.M)
+print(m.group(1) if m else "")
+PY
+)"
+rm -rf "$torch_dir/nvidia"
+if [ -n "$nccl_pin" ] && { [ -d "$nvidia/cu13/include" ] || [ -d "$nvidia/cuda_runtime/include" ]; }; then
+  if [ ! -f "$work/$nccl_pin/nvidia/nccl/include/nccl.h" ]; then
+    log "downloading the NCCL headers of $nccl_pin"
+    "$py" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: "$nccl_pin" -d "$work/wheel"
+    "$py" - "$(ls "$work"/wheel/"$(echo "${nccl_pin%%==*}" | tr - _)"-"${nccl_pin##*==}"-*.whl | head -1)" "$work/$nccl_pin" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("nvidia/nccl/include/")])
+PY
+  fi
+  mkdir -p "$torch_dir/nvidia"
+  ln -sfn "$work/$nccl_pin/nvidia/nccl" "$torch_dir/nvidia/nccl"
+  for d in "$nvidia"/*/; do
+    [ -f "$d/include/cuda_runtime_api.h" ] && ln -sfn "${d%/}" "$torch_dir/nvidia/$(basename "$d")"
+  done
+else
+  log "no CUDA runtime headers beside the project's torch ($nvidia) or no NCCL pin: building without the NCCL backend"
+fi
+
 # 2. torch-sys 0.26 with the wrappers of ops missing from this libtorch stubbed.
 registry_src="$(ls -d "$HOME"/.cargo/registry/src/*/torch-sys-0.26.0 2>/dev/null | head -1)"
 if [ -z "$registry_src" ]; then

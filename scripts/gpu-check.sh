@@ -82,15 +82,15 @@ run() { # run NAME SECONDS CMD...: logs to OUT/NAME.log, never stops the check
   if timeout "$secs" "$@" > "$out/$name.log" 2>&1; then rc=0; else rc=$?; fi
   echo "$name: exit $rc in $(( $(date +%s) - t0 )) s" | tee -a "$out/status.txt" >&2
 }
-run ddpm-demo 200 "$bin" bench --config options.yml --set device=cuda:0 --set dataset.root="$data" \
+run ddpm-demo 150 "$bin" bench --config options.yml --set device=cuda:0 --set dataset.root="$data" \
   --set dataset.download=false --batches 128,512 --epoch-steps 118 --json "$out/ddpm-demo.json"
-run ddpm-unet-fp32 150 "$bin" bench --config configs/cifar10-ddpm-paper.yml --set device=cuda:0 --batches 128 \
+run ddpm-unet-fp32 80 "$bin" bench --config configs/cifar10-ddpm-paper.yml --set device=cuda:0 --batches 128 \
   --repeats 50 --epoch-steps 0 --no-sampling --json "$out/ddpm-unet-fp32.json"
-run ddpm-unet-bf16 150 "$bin" bench --config configs/cifar10-ddpm-paper.yml --set device=cuda:0 --batches 128 \
+run ddpm-unet-bf16 80 "$bin" bench --config configs/cifar10-ddpm-paper.yml --set device=cuda:0 --batches 128 \
   --repeats 50 --epoch-steps 0 --no-sampling --set train.precision=bf16 --json "$out/ddpm-unet-bf16.json"
-run pytorch 240 "$py" scripts/python/bench_pytorch.py --device cuda --threads "$(nproc)" --data "$data/mnist" \
+run pytorch 180 "$py" scripts/python/bench_pytorch.py --device cuda --threads "$(nproc)" --data "$data/mnist" \
   --epoch-steps 118 --variants eager,channels_last,compile --json "$out/pytorch.json"
-run nccl 120 env WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29561 DDPM_DIST_BACKEND=nccl \
+run nccl 60 env WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29561 DDPM_DIST_BACKEND=nccl \
   "$bin" train --config options.yml --set device=cuda:0 --set dataset.root="$data" --set dataset.download=false \
   --set train.run_dir="$out/nccl-run" --set train.grid_samples=0 --max-steps 5
 kill $poller 2>/dev/null || true
