@@ -114,6 +114,8 @@ pub struct ProcessGroup {
     pub rank: usize,
     pub world_size: usize,
     pub backend: String,
+    /// The CUDA device NCCL stages CPU tensors on (cuda:LOCAL_RANK, the one the caller picked).
+    staging: Device,
 }
 
 fn message(buf: &[c_char]) -> String {
@@ -167,7 +169,13 @@ impl ProcessGroup {
                     message(&err)
                 );
             }
-            Ok(ProcessGroup { handle, rank: env.rank, world_size: env.world_size, backend: backend.to_string() })
+            Ok(ProcessGroup {
+                handle,
+                rank: env.rank,
+                world_size: env.world_size,
+                backend: backend.to_string(),
+                staging: Device::Cuda(env.local_rank),
+            })
         }
     }
 
@@ -183,10 +191,32 @@ impl ProcessGroup {
         Ok(())
     }
 
+    /// Runs `f` on `tensors`, with a CUDA copy in place of each CPU tensor when the backend is
+    /// NCCL (which moves CUDA tensors only, while the run's position lives on the CPU), and copies
+    /// the results back.
+    #[cfg(not(ddpm_no_dist))]
+    fn staged(&self, tensors: &[&Tensor], f: impl FnOnce(&[&Tensor]) -> Result<()>) -> Result<()> {
+        if self.backend != "nccl" || tensors.iter().all(|t| t.device().is_cuda()) {
+            return f(tensors);
+        }
+        let device = tensors.iter().map(|t| t.device()).find(|d| d.is_cuda()).unwrap_or(self.staging);
+        let copies: Vec<Option<Tensor>> =
+            tensors.iter().map(|t| (!t.device().is_cuda()).then(|| t.to_device(device))).collect();
+        let staged: Vec<&Tensor> = tensors.iter().zip(&copies).map(|(t, c)| c.as_ref().unwrap_or(t)).collect();
+        f(&staged)?;
+        let _guard = tch::no_grad_guard();
+        for (t, c) in tensors.iter().zip(&copies) {
+            if let Some(c) = c {
+                t.shallow_clone().f_copy_(c)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Replaces each tensor by its mean over all ranks.
     pub fn all_reduce_mean(&self, tensors: &[&Tensor]) -> Result<()> {
         #[cfg(not(ddpm_no_dist))]
-        {
+        return self.staged(tensors, |tensors| {
             let ptrs: Vec<*const torch_sys::C_tensor> = tensors.iter().map(|t| t.as_ptr()).collect();
             let mut err = vec![0 as c_char; ERR_LEN];
             let rc = unsafe {
@@ -200,7 +230,7 @@ impl ProcessGroup {
                 )
             };
             self.check("all-reduce", rc, &err)
-        }
+        });
         #[cfg(ddpm_no_dist)]
         {
             let _ = tensors;
@@ -211,7 +241,7 @@ impl ProcessGroup {
     /// Copies rank `root`'s tensors into everyone's.
     pub fn broadcast(&self, tensors: &[&Tensor], root: usize) -> Result<()> {
         #[cfg(not(ddpm_no_dist))]
-        {
+        return self.staged(tensors, |tensors| {
             let ptrs: Vec<*const torch_sys::C_tensor> = tensors.iter().map(|t| t.as_ptr()).collect();
             let mut err = vec![0 as c_char; ERR_LEN];
             let rc = unsafe {
@@ -226,7 +256,7 @@ impl ProcessGroup {
                 )
             };
             self.check("broadcast", rc, &err)
-        }
+        });
         #[cfg(ddpm_no_dist)]
         {
             let _ = (tensors, root);
