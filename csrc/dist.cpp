@@ -173,6 +173,8 @@ int ddpm_dist_broadcast(void* handle, at::Tensor** ts, int n, int root, int64_t 
 void ddpm_dist_free(void* handle) {
   auto* g = static_cast<Group*>(handle);
   try {
+    // What destroy_process_group() does: NCCL frees its communicators (and does not warn at exit).
+    g->backend->shutdown();
     g->backend.reset();
     g->store.reset();
   } catch (...) {
