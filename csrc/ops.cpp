@@ -1,11 +1,16 @@
 // Small libtorch calls that tch does not expose: the autocast dtype per device type, enabling
 // CPU autocast, dropping a tensor's gradient (as `param.grad = None` does in PyTorch), and
-// whether oneDNN runs bf16 on this CPU (PyTorch's torch.ops.mkldnn._is_mkldnn_bf16_supported).
+// whether oneDNN runs bf16 on this CPU (PyTorch's torch.ops.mkldnn._is_mkldnn_bf16_supported),
+// and Adam/AdamW over all parameters in libtorch's fused kernel.
 // Tensors arrive as tch's `at::Tensor*` handles. No C++ exception crosses this boundary.
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
 
 namespace {
 at::DeviceType device_type(int cuda) { return cuda ? at::kCUDA : at::kCPU; }
@@ -61,6 +66,43 @@ int ddpm_mkldnn_bf16_supported() {
     auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_is_mkldnn_bf16_supported", "");
     return op.typed<bool()>().call() ? 1 : 0;
   } catch (...) {
+    return -1;
+  }
+}
+
+// One Adam (decoupled = 0) or AdamW (decoupled = 1) update of n parameters in libtorch's fused
+// kernel, the one torch.optim.Adam(fused=True) calls: params, grads, exp_avgs and exp_avg_sqs
+// hold n handles each, `step` is a float32 tensor on the parameters' device holding the step
+// count of this update (bias correction). Returns 0, or -1 with the first line of the error in
+// err (e.g. where the op has no kernel for the device or dtype; nothing was changed then).
+int ddpm_fused_adam(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_avgs, at::Tensor** exp_avg_sqs,
+                    at::Tensor* step, int n, double lr, double beta1, double beta2, double weight_decay, double eps,
+                    int decoupled, char* err, size_t errlen) {
+  try {
+    at::NoGradGuard no_grad;
+    std::vector<at::Tensor> p, g, m, v, steps;
+    p.reserve(n);
+    g.reserve(n);
+    m.reserve(n);
+    v.reserve(n);
+    steps.reserve(n);
+    for (int i = 0; i < n; ++i) {
+      p.push_back(*params[i]);
+      g.push_back(*grads[i]);
+      m.push_back(*exp_avgs[i]);
+      v.push_back(*exp_avg_sqs[i]);
+      steps.push_back(*step);
+    }
+    if (decoupled) {
+      at::_fused_adamw_(p, g, m, v, {}, steps, lr, beta1, beta2, weight_decay, eps, false, false);
+    } else {
+      at::_fused_adam_(p, g, m, v, {}, steps, lr, beta1, beta2, weight_decay, eps, false, false);
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::string msg = e.what();
+    msg = msg.substr(0, msg.find('\n'));
+    std::snprintf(err, errlen, "%s", msg.c_str());
     return -1;
   }
 }

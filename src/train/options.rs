@@ -74,6 +74,9 @@ pub struct TrainConfig {
     pub cond_drop_prob: f64,
     /// `adam` (L2 weight decay added to the gradient) or `adamw` (decoupled weight decay).
     pub optimizer: Optimizer,
+    /// Update all parameters in libtorch's fused Adam/AdamW kernel (PyTorch's `fused=True`);
+    /// `false` takes the per-tensor update (nine kernels per parameter tensor).
+    pub fused_optimizer: bool,
     pub weight_decay: f64,
     /// Linear learning-rate warm-up over this many steps (0 = none).
     pub warmup_steps: i64,
@@ -119,6 +122,7 @@ impl Default for TrainConfig {
             ema_decay: 0.999,
             cond_drop_prob: 0.1,
             optimizer: Optimizer::Adam,
+            fused_optimizer: true,
             weight_decay: 0.0,
             warmup_steps: 0,
             prediction: Prediction::Eps,

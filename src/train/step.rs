@@ -171,6 +171,7 @@ impl Learner {
         let adam = AdamConfig {
             weight_decay: t.weight_decay,
             decoupled: t.optimizer == Optimizer::AdamW,
+            fused: t.fused_optimizer,
             ..Default::default()
         };
         let opt = Adam::new(&model.vs, t.lr, adam);

@@ -52,6 +52,44 @@ fn adam_matches_libtorch_adam_and_adamw() {
 }
 
 #[test]
+fn fused_adam_equals_the_per_tensor_update_and_skips_parameters_without_gradients() {
+    let _rng = common::rng_lock();
+    for (decoupled, wd) in [(false, 0.0), (false, 0.01), (true, 0.05)] {
+        tch::manual_seed(3);
+        let vs_a = nn::VarStore::new(Device::Cpu);
+        let net_a = small_net(&vs_a, 0);
+        // A parameter the loss never uses: it gets no gradient and must not move.
+        let unused_a = vs_a.root().randn("unused", &[5], 0.0, 1.0);
+        let mut vs_b = nn::VarStore::new(Device::Cpu);
+        let net_b = small_net(&vs_b, 0);
+        let _unused_b = vs_b.root().randn("unused", &[5], 0.0, 1.0);
+        vs_b.copy(&vs_a).unwrap();
+        let before = unused_a.copy();
+        let cfg = AdamConfig { weight_decay: wd, decoupled, ..Default::default() };
+        let mut fused = Adam::new(&vs_a, 1e-2, AdamConfig { fused: true, ..cfg });
+        let mut plain = Adam::new(&vs_b, 1e-2, AdamConfig { fused: false, ..cfg });
+        let xs = Tensor::randn([4, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let t = Tensor::from_slice(&[0i64, 4, 11, 19]);
+        for _ in 0..6 {
+            fused.backward_step(&net_a.forward(&xs, &t, None).square().mean(Kind::Float));
+            plain.backward_step(&net_b.forward(&xs, &t, None).square().mean(Kind::Float));
+        }
+        assert!(fused.is_fused(), "the fused kernel fell back on the CPU");
+        assert!(!plain.is_fused());
+        let d = max_diff(&vs_a, &vs_b);
+        assert!(d < 1e-6, "decoupled={decoupled} wd={wd}: fused and per-tensor weights differ by {d}");
+        let moved = (&unused_a - &before).abs().max().double_value(&[]);
+        assert_eq!(moved, 0.0, "a parameter without a gradient moved");
+        let (sa, sb) = (fused.state(), plain.state());
+        for (k, v) in &sa {
+            let dm = (v - &sb[k]).abs().max().double_value(&[]);
+            assert!(dm < 1e-6, "{k} differs by {dm}");
+        }
+        assert_eq!(sa["exp_avg_sq.unused"].abs().sum(Kind::Float).double_value(&[]), 0.0);
+    }
+}
+
+#[test]
 fn adam_state_round_trip_continues_identically() {
     let _rng = common::rng_lock();
     tch::manual_seed(1);
