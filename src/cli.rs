@@ -195,8 +195,9 @@ pub struct SampleArgs {
     /// (the posterior variance).
     #[arg(long, value_parser = ["fixed_large", "fixed_small"], conflicts_with_all = ["simple_var", "no_simple_var"])]
     pub variance: Option<String>,
-    /// Conditional models: the class to draw (0-based), or `all` for one row per class.
-    #[arg(long, value_name = "N|all")]
+    /// Conditional models: the class to draw (0-based number or its name, e.g. a folder
+    /// dataset's subfolder), or `all` for one row per class.
+    #[arg(long, value_name = "N|NAME|all")]
     pub label: Option<String>,
     /// Classifier-free guidance weight w (sample.guidance): eps_u + w (eps_c - eps_u);
     /// 0 = unconditional, 1 = conditional without guidance.

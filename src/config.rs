@@ -109,7 +109,7 @@ impl Config {
 
     /// Image shape `[C, H, W]` of the configured dataset.
     pub fn image_shape(&self) -> [i64; 3] {
-        self.dataset.name.image_shape()
+        self.dataset.image_shape()
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -117,6 +117,7 @@ impl Config {
         if self.streams > 2 {
             return Err(format!("streams = {} is not allowed: 0 (automatic), 1 or 2", self.streams));
         }
+        self.dataset.validate()?;
         self.ddpm.validate()?;
         self.network.validate(self.image_shape())?;
         self.train.validate()?;

@@ -31,7 +31,7 @@ fn idx_md5(name: DatasetName, file: &str) -> Option<&'static str> {
             ("t10k-images-idx3-ubyte", "8181f5470baa50b63fa0f6fddb340f0a"),
             ("t10k-labels-idx1-ubyte", "15d484375f8d13e6eb1aabb0c3f46965"),
         ],
-        DatasetName::Cifar10 => &[],
+        DatasetName::Cifar10 | DatasetName::Folder => &[],
     };
     table.iter().find(|(f, _)| *f == file).map(|(_, m)| *m)
 }

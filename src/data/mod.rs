@@ -3,6 +3,7 @@
 
 pub mod cifar;
 pub mod download;
+pub mod folder;
 pub mod idx;
 
 use anyhow::Result;
@@ -17,15 +18,36 @@ crate::choice! {
         Mnist = "mnist",
         FashionMnist = "fashion-mnist" | "fmnist",
         Cifar10 = "cifar10" | "cifar",
+        /// Any folder of pictures (`dataset.path`).
+        Folder = "folder" | "images",
     }
 }
 
 impl DatasetName {
-    /// Image shape `[C, H, W]`.
-    pub fn image_shape(self) -> [i64; 3] {
+    /// Image shape `[C, H, W]` of the built-in sets (None for a folder: its keys say).
+    pub fn image_shape(self) -> Option<[i64; 3]> {
         match self {
-            Self::Mnist | Self::FashionMnist => [1, 28, 28],
-            Self::Cifar10 => [3, 32, 32],
+            Self::Mnist | Self::FashionMnist => Some([1, 28, 28]),
+            Self::Cifar10 => Some([3, 32, 32]),
+            Self::Folder => None,
+        }
+    }
+}
+
+/// `dataset.image_size`: one side for square pictures, or `[height, width]`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ImageSize {
+    Square(i64),
+    Rect([i64; 2]),
+}
+
+impl ImageSize {
+    /// `[height, width]`.
+    pub fn hw(self) -> [i64; 2] {
+        match self {
+            Self::Square(s) => [s, s],
+            Self::Rect(r) => r,
         }
     }
 }
@@ -34,17 +56,71 @@ impl DatasetName {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatasetConfig {
-    /// `mnist`, `fashion-mnist` or `cifar10`; also the folder under `root`.
+    /// `mnist`, `fashion-mnist`, `cifar10` (also the folder under `root`), or `folder`.
     pub name: DatasetName,
-    /// Folder that holds `<name>/` (or torchvision's `MNIST/raw/` layout).
+    /// Folder that holds `<name>/` (or torchvision's `MNIST/raw/` layout), and a folder
+    /// dataset's cache (`folder-cache/`).
     pub root: PathBuf,
     /// Download missing files from the official mirrors.
     pub download: bool,
+    /// `folder`: the pictures, searched recursively; first-level subfolders are the classes.
+    pub path: PathBuf,
+    /// `folder`: the size pictures are brought to, `64` or `[height, width]`.
+    pub image_size: ImageSize,
+    /// `folder`: 1 (grayscale) or 3 (RGB); other pictures are converted.
+    pub channels: i64,
+    /// `folder`: `center-crop`, `pad` or `stretch`.
+    pub resize: folder::Resize,
+    /// `folder`: the share of pictures held out of training for `ddpm eval` (0: none, and eval
+    /// compares with the training pictures).
+    pub eval_split: f64,
 }
 
 impl Default for DatasetConfig {
     fn default() -> Self {
-        Self { name: DatasetName::Mnist, root: "data".into(), download: true }
+        Self {
+            name: DatasetName::Mnist,
+            root: "data".into(),
+            download: true,
+            path: PathBuf::new(),
+            image_size: ImageSize::Square(64),
+            channels: 3,
+            resize: folder::Resize::CenterCrop,
+            eval_split: 0.0,
+        }
+    }
+}
+
+impl DatasetConfig {
+    /// `[C, H, W]` of the configured set.
+    pub fn image_shape(&self) -> [i64; 3] {
+        self.name.image_shape().unwrap_or_else(|| {
+            let [h, w] = self.image_size.hw();
+            [self.channels, h, w]
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let [h, w] = self.image_size.hw();
+        if h < 1 || w < 1 || h > 4096 || w > 4096 {
+            return Err(format!(
+                "dataset.image_size = {:?} is not allowed: a side of 1..=4096 pixels, e.g. 64 or [28, 40]",
+                self.image_size.hw()
+            ));
+        }
+        if self.channels != 1 && self.channels != 3 {
+            return Err(format!("dataset.channels = {} is not allowed: 1 (grayscale) or 3 (RGB)", self.channels));
+        }
+        if !(0.0..1.0).contains(&self.eval_split) {
+            return Err(format!(
+                "dataset.eval_split = {} is not allowed: a share in [0, 1), e.g. 0.05",
+                self.eval_split
+            ));
+        }
+        if self.name == DatasetName::Folder && self.path.as_os_str().is_empty() {
+            return Err("dataset.path is not set: dataset.name: folder reads the pictures under that folder".into());
+        }
+        Ok(())
     }
 }
 
@@ -101,6 +177,7 @@ pub fn class_names(name: DatasetName) -> Vec<String> {
         DatasetName::Cifar10 => {
             &["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
         }
+        DatasetName::Folder => &[],
     };
     names.iter().map(|s| s.to_string()).collect()
 }
@@ -119,6 +196,7 @@ pub fn load(cfg: &DatasetConfig, split: Split) -> Result<ImageDataset> {
             let dir = cifar::locate(&cfg.root, cfg.download)?;
             cifar::read_split(&dir, split)
         }
+        DatasetName::Folder => Ok(folder::load(cfg, split)?.0),
     }
 }
 
@@ -130,5 +208,6 @@ pub fn candidate_dirs(root: &std::path::Path, name: DatasetName) -> Vec<PathBuf>
             vec![root.join("fashion-mnist"), root.join("FashionMNIST/raw"), root.join("FashionMNIST")]
         }
         DatasetName::Cifar10 => vec![root.join("cifar-10-batches-bin"), root.join("cifar10/cifar-10-batches-bin")],
+        DatasetName::Folder => Vec::new(),
     }
 }

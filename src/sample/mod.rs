@@ -20,6 +20,8 @@ use tch::{Kind, Tensor};
 #[derive(Debug, Clone, PartialEq)]
 pub enum LabelChoice {
     One(i64),
+    /// A class by name (a folder dataset's subfolder, `Sneaker`, ...).
+    Name(String),
     /// One row per class.
     All,
 }
@@ -27,14 +29,12 @@ pub enum LabelChoice {
 impl std::str::FromStr for LabelChoice {
     type Err = UsageError;
 
-    /// `all` or a class number (the value of `--label`).
+    /// `all`, a class number or a class name (the value of `--label`).
     fn from_str(s: &str) -> Result<Self, UsageError> {
         match s {
             "all" => Ok(Self::All),
-            _ => s
-                .parse()
-                .map(Self::One)
-                .map_err(|_| UsageError(format!("--label {s:?}: expected a class number (0, 1, ...) or all"))),
+            "" => Err(UsageError("--label: expected a class number (0, 1, ...), a class name or all".into())),
+            _ => Ok(s.parse().map(Self::One).unwrap_or_else(|_| Self::Name(s.to_string()))),
         }
     }
 }
@@ -71,7 +71,21 @@ pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
         checkpoint::load_model(&path, &ModelInfo::from_config(cfg), device, cfg.channels_last, cfg.sample.ema)?;
     let classes = loaded.model.num_classes();
     let mut sc = cfg.sample.sampler_config();
-    let labels = match (&req.label, classes) {
+    let names = &loaded.info.spec.class_names;
+    let label = match &req.label {
+        Some(LabelChoice::Name(name)) if classes > 0 => {
+            let i = names.iter().position(|n| n == name).ok_or_else(|| {
+                UsageError(format!(
+                    "--label {name:?} is not a class of {} (its classes: {})",
+                    path.display(),
+                    if names.is_empty() { "unnamed, use a number".to_string() } else { names.join(", ") }
+                ))
+            })?;
+            Some(LabelChoice::One(i as i64))
+        }
+        other => other.clone(),
+    };
+    let labels = match (&label, classes) {
         (Some(_), 0) => bail!(UsageError(format!(
             "--label: {} is an unconditional model (network.num_classes = 0)",
             path.display()
@@ -94,6 +108,7 @@ pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
             )))
         }
         (Some(LabelChoice::One(y)), _) => Some(Tensor::full([cfg.sample.n_samples], *y, (Kind::Int64, device))),
+        (Some(LabelChoice::Name(_)), _) => unreachable!("class names are resolved above"),
         (Some(LabelChoice::All), k) => {
             let per = (cfg.sample.n_samples + k - 1) / k;
             for (i, name) in loaded.info.spec.class_names.iter().enumerate() {
@@ -138,7 +153,7 @@ pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
     };
     let xs = generate::draw(&loaded.model, &req_draw, frames_arg);
     tracing::info!("sampled {n} images in {:.2} s", started.elapsed().as_secs_f64());
-    let cols = match (&req.label, classes) {
+    let cols = match (&label, classes) {
         (Some(LabelChoice::All), k) if k > 0 => n / k,
         _ => grid::default_cols(n),
     };

@@ -157,6 +157,9 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<()> {
         );
     }
     tracing::info!("{}: {} training images of {:?}", name.as_str(), dataset.len(), shape);
+    if name == data::DatasetName::Folder {
+        check_folder(cfg, &dataset)?;
+    }
 
     let mut info = ModelInfo::from_config(cfg);
     info.spec.class_names = dataset.class_names.clone();
@@ -204,4 +207,28 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<()> {
         tr.initial(trainer.pos.step, &trainer.learner.model.vs)?;
     }
     trainer.run()
+}
+
+/// A folder dataset fits the run: enough pictures for one batch, and as many classes as the
+/// network is built for.
+fn check_folder(cfg: &Config, dataset: &data::ImageDataset) -> Result<()> {
+    let path = cfg.dataset.path.display();
+    if dataset.len() < cfg.train.batch_size {
+        bail!(UsageError(format!(
+            "dataset.path {path}: {} training pictures, fewer than train.batch_size = {}: add pictures or lower the batch size",
+            dataset.len(),
+            cfg.train.batch_size
+        )));
+    }
+    let (want, have) = (cfg.network.num_classes(), dataset.class_names.len() as i64);
+    if want > 0 && want != have {
+        let found = match have {
+            0 => "no classes (the pictures are not all in first-level subfolders)".to_string(),
+            _ => format!("{have} classes ({})", dataset.class_names.join(", ")),
+        };
+        bail!(UsageError(format!(
+            "network.num_classes = {want}, but dataset.path {path} has {found}: set network.num_classes to {have}"
+        )));
+    }
+    Ok(())
 }

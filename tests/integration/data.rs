@@ -12,7 +12,7 @@ fn labels_vec(t: &tch::Tensor) -> Vec<i64> {
 }
 
 fn cfg(root: &Path, name: &str) -> DatasetConfig {
-    DatasetConfig { name: name.parse().unwrap(), root: root.to_path_buf(), download: false }
+    DatasetConfig { name: name.parse().unwrap(), root: root.to_path_buf(), download: false, ..Default::default() }
 }
 
 #[test]

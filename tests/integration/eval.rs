@@ -65,7 +65,8 @@ fn label_fidelity_on_hand_made_predictions() {
 #[ignore = "slow: trains a classifier on real MNIST"]
 fn the_classifier_exceeds_98_percent_on_real_mnist() {
     let Some(root) = common::real_datasets() else { return };
-    let cfg = ddpm::data::DatasetConfig { name: ddpm::data::DatasetName::Mnist, root, download: false };
+    let cfg =
+        ddpm::data::DatasetConfig { name: ddpm::data::DatasetName::Mnist, root, download: false, ..Default::default() };
     let train = ddpm::data::load(&cfg, ddpm::data::Split::Train).unwrap();
     let test = ddpm::data::load(&cfg, ddpm::data::Split::Test).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -91,7 +92,12 @@ fn eval_command_scores_saved_samples_beside_the_real_reference() {
     let cfg = common::tiny_config(d);
     let xs = ddpm::data::to_signed_unit(
         &ddpm::data::load(
-            &ddpm::data::DatasetConfig { name: ddpm::data::DatasetName::Mnist, root: d.join("data"), download: false },
+            &ddpm::data::DatasetConfig {
+                name: ddpm::data::DatasetName::Mnist,
+                root: d.join("data"),
+                download: false,
+                ..Default::default()
+            },
             ddpm::data::Split::Train,
         )
         .unwrap()

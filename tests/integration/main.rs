@@ -13,6 +13,7 @@ mod data;
 mod dist;
 mod eval;
 mod features;
+mod folder;
 mod gpu_scripts;
 mod inspect;
 mod model;

@@ -70,6 +70,7 @@ fn hflip_mirrors_about_half_of_the_images() {
                 name: ddpm::data::DatasetName::Mnist,
                 root: dir.path().join("data"),
                 download: false,
+                ..Default::default()
             },
             ddpm::data::Split::Train,
         )

@@ -1,0 +1,332 @@
+//! `dataset.name: folder`: the pictures under `dataset.path` (searched recursively), decoded
+//! once in parallel, converted to `dataset.channels`, resized to `dataset.image_size` as
+//! `dataset.resize` says, and cached as `u8 [N, C, H, W]` under `dataset.root/folder-cache/`,
+//! keyed by the file list (names, sizes, modification times) and those settings, so a second
+//! run reads memory at once. Labels are the first-level subfolder names, sorted, when every
+//! picture lies in one; otherwise the set is unconditional. `dataset.eval_split` holds out a
+//! share of the files (chosen by a hash of their relative path, so adding pictures does not
+//! reshuffle the others) for `ddpm eval`.
+
+use super::{DatasetConfig, ImageDataset, Split};
+use crate::error::UsageError;
+use anyhow::{bail, Context, Result};
+use image::imageops::FilterType;
+use image::{ImageBuffer, Pixel};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tch::{Kind, Tensor};
+
+/// File extensions that are decoded (case-insensitive).
+pub const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"];
+
+crate::choice! {
+    /// `dataset.resize`: how a picture of another shape becomes `image_size`.
+    pub enum Resize {
+        /// Shorter side resized to fit, then the middle cut out.
+        CenterCrop = "center-crop" | "crop",
+        /// Longer side resized to fit, then black borders.
+        Pad = "pad",
+        /// Both sides resized, the aspect ratio lost.
+        Stretch = "stretch",
+    }
+}
+
+/// What [`load`] did, for logs and tests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadStats {
+    /// Pictures decoded now (0 when the cache served them).
+    pub decoded: usize,
+    /// Files that could not be decoded, with the reason.
+    pub skipped: Vec<(String, String)>,
+    /// Files with other extensions, ignored.
+    pub ignored: usize,
+    pub cache: PathBuf,
+}
+
+/// The folder's pictures of `split`, with [`LoadStats`].
+pub fn load(cfg: &DatasetConfig, split: Split) -> Result<(ImageDataset, LoadStats)> {
+    let dir = cfg.path.clone();
+    if dir.as_os_str().is_empty() {
+        bail!(UsageError("dataset.path is not set: dataset.name: folder reads the pictures under that folder".into()));
+    }
+    if !dir.is_dir() {
+        bail!(UsageError(format!(
+            "dataset.path {}: no such folder (dataset.name: folder reads the pictures under it)",
+            dir.display()
+        )));
+    }
+    let (files, ignored) = list(&dir)?;
+    if files.is_empty() {
+        bail!(UsageError(format!(
+            "dataset.path {}: no pictures found (looked recursively for {})",
+            dir.display(),
+            EXTENSIONS.join(", ")
+        )));
+    }
+    let [c, h, w] = cfg.image_shape();
+    let key = cache_key(&dir, &files, [c, h, w], cfg.resize)?;
+    let stem = dir.file_name().map(|s| s.to_string_lossy().replace(|ch: char| !ch.is_alphanumeric(), "_"));
+    let cache = cfg.root.join("folder-cache").join(format!("{}-{key:016x}", stem.unwrap_or_default()));
+    let mut stats = LoadStats { ignored, cache: cache.with_extension("safetensors"), ..Default::default() };
+    let (images, kept, skipped) = match read_cache(&cache) {
+        Some(hit) => {
+            tracing::info!("{}: {} pictures from the cache {}", dir.display(), hit.1.len(), stats.cache.display());
+            hit
+        }
+        None => {
+            let (images, kept, skipped) = decode_all(&dir, &files, [c, h, w], cfg.resize)?;
+            stats.decoded = kept.len();
+            write_cache(&cache, &images, &kept, &skipped)?;
+            (images, kept, skipped)
+        }
+    };
+    stats.skipped = skipped;
+    if !stats.skipped.is_empty() {
+        let first: Vec<String> = stats.skipped.iter().take(3).map(|(f, e)| format!("{f} ({e})")).collect();
+        tracing::warn!(
+            "{}: skipped {} unreadable file(s), e.g. {}",
+            dir.display(),
+            stats.skipped.len(),
+            first.join("; ")
+        );
+    }
+    if kept.is_empty() {
+        bail!(UsageError(format!(
+            "dataset.path {}: none of the {} picture files could be read (first: {} ({}))",
+            dir.display(),
+            stats.skipped.len(),
+            stats.skipped[0].0,
+            stats.skipped[0].1
+        )));
+    }
+    // Classes: first-level subfolders, when every picture lies in one.
+    let class_of = |f: &str| f.split_once('/').map(|(d, _)| d.to_string());
+    let class_names: Vec<String> = match kept.iter().all(|f| class_of(f).is_some()) {
+        true => {
+            let mut names: Vec<String> = kept.iter().filter_map(|f| class_of(f)).collect();
+            names.sort();
+            names.dedup();
+            names
+        }
+        false => Vec::new(),
+    };
+    let labels: Vec<i64> = kept
+        .iter()
+        .map(|f| class_of(f).and_then(|d| class_names.iter().position(|n| *n == d)).unwrap_or(0) as i64)
+        .collect();
+    let held_out: Vec<bool> = kept.iter().map(|f| is_held_out(f, cfg.eval_split)).collect();
+    let want_eval = split == Split::Test && cfg.eval_split > 0.0;
+    let pick: Vec<i64> =
+        (0..kept.len() as i64).filter(|&i| cfg.eval_split <= 0.0 || held_out[i as usize] == want_eval).collect();
+    if pick.is_empty() {
+        bail!(UsageError(format!(
+            "dataset.path {}: dataset.eval_split = {} leaves no {} pictures out of {}",
+            dir.display(),
+            cfg.eval_split,
+            if want_eval { "held-out" } else { "training" },
+            kept.len()
+        )));
+    }
+    let idx = Tensor::from_slice(&pick);
+    let ds = ImageDataset {
+        images: images.index_select(0, &idx),
+        labels: Tensor::from_slice(&labels).index_select(0, &idx),
+        class_names,
+    };
+    Ok((ds, stats))
+}
+
+/// Whether a file (by relative path) is held out for evaluation at this share.
+pub fn is_held_out(rel: &str, share: f64) -> bool {
+    share > 0.0 && (fnv1a(rel.as_bytes()) % 1_000_000) < (share * 1e6) as u64
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Picture files under `dir` (relative paths with `/`, sorted) and the count of other files;
+/// hidden files and folders are skipped.
+pub fn list(dir: &Path) -> Result<(Vec<String>, usize)> {
+    let mut files = Vec::new();
+    let mut ignored = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))?;
+        for e in entries {
+            let e = e.with_context(|| format!("cannot list {}", d.display()))?;
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let ext = path.extension().map(|x| x.to_string_lossy().to_lowercase()).unwrap_or_default();
+            if EXTENSIONS.contains(&ext.as_str()) {
+                let rel = path.strip_prefix(dir).unwrap_or(&path);
+                files.push(rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"));
+            } else {
+                ignored += 1;
+            }
+        }
+    }
+    files.sort();
+    Ok((files, ignored))
+}
+
+fn cache_key(dir: &Path, files: &[String], shape: [i64; 3], resize: Resize) -> Result<u64> {
+    let mut text = format!("ddpm-folder-cache v1 {shape:?} {}\n", resize.as_str());
+    for f in files {
+        let meta = std::fs::metadata(dir.join(f)).with_context(|| format!("cannot read {}", dir.join(f).display()))?;
+        let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        text.push_str(&format!("{f}\t{}\t{}\n", meta.len(), mtime.map_or(0, |d| d.as_nanos())));
+    }
+    Ok(fnv1a(text.as_bytes()))
+}
+
+type Decoded = (Tensor, Vec<String>, Vec<(String, String)>);
+
+fn read_cache(stem: &Path) -> Option<Decoded> {
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(stem.with_extension("json")).ok()?).ok()?;
+    let names = |k: &str| -> Option<Vec<String>> { serde_json::from_value(meta[k].clone()).ok() };
+    let kept = names("files")?;
+    let skipped: Vec<String> = names("skipped")?;
+    let reasons: Vec<String> = names("reasons")?;
+    let tensors = Tensor::read_safetensors(stem.with_extension("safetensors")).ok()?;
+    let images = tensors.into_iter().find(|(k, _)| k == "images")?.1;
+    (images.size()[0] == kept.len() as i64).then(|| (images, kept, skipped.into_iter().zip(reasons).collect()))
+}
+
+fn write_cache(stem: &Path, images: &Tensor, kept: &[String], skipped: &[(String, String)]) -> Result<()> {
+    let dir = stem.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the cache folder {}", dir.display()))?;
+    let st = stem.with_extension("safetensors");
+    let tmp = stem.with_extension("safetensors.partial");
+    if images.numel() > 0 {
+        Tensor::write_safetensors(&[("images", images)], &tmp)
+            .with_context(|| format!("cannot write the cache {}", tmp.display()))?;
+        std::fs::rename(&tmp, &st).with_context(|| format!("cannot write the cache {}", st.display()))?;
+    }
+    let meta = serde_json::json!({
+        "files": kept,
+        "skipped": skipped.iter().map(|s| &s.0).collect::<Vec<_>>(),
+        "reasons": skipped.iter().map(|s| &s.1).collect::<Vec<_>>(),
+    });
+    crate::fsutil::write_atomic(&stem.with_extension("json"), meta.to_string().as_bytes())
+}
+
+/// Decodes every file on all cores with a progress bar.
+fn decode_all(dir: &Path, files: &[String], shape: [i64; 3], resize: Resize) -> Result<Decoded> {
+    let [c, h, w] = shape;
+    let bar = crate::logging::progress_bar(files.len() as u64, "decoding [{bar:30}] {pos}/{len} pictures ETA {eta}");
+    let next = AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len()).max(1);
+    let started = std::time::Instant::now();
+    let mut results: Vec<(usize, std::result::Result<Vec<u8>, String>)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= files.len() {
+                            break;
+                        }
+                        out.push((i, decode(&dir.join(&files[i]), [c, h, w], resize)));
+                        bar.inc(1);
+                    }
+                    out
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|t| t.join().unwrap_or_default()).collect()
+    });
+    bar.finish_and_clear();
+    results.sort_by_key(|r| r.0);
+    let mut pixels = Vec::with_capacity(files.len() * (c * h * w) as usize);
+    let (mut kept, mut skipped) = (Vec::new(), Vec::new());
+    for (i, r) in results {
+        match r {
+            Ok(p) => {
+                pixels.extend_from_slice(&p);
+                kept.push(files[i].clone());
+            }
+            Err(e) => skipped.push((files[i].clone(), e)),
+        }
+    }
+    tracing::info!(
+        "{}: decoded {} pictures to {c}x{h}x{w} in {:.1} s",
+        dir.display(),
+        kept.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let images = Tensor::from_slice(&pixels).view([kept.len() as i64, c, h, w]).to_kind(Kind::Uint8);
+    Ok((images, kept, skipped))
+}
+
+/// One picture as `u8 [C, H, W]` bytes.
+pub fn decode(path: &Path, shape: [i64; 3], resize: Resize) -> std::result::Result<Vec<u8>, String> {
+    let img = image::ImageReader::open(path)
+        .map_err(|e| e.to_string())?
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?
+        .decode()
+        .map_err(|e| e.to_string())?;
+    let [c, h, w] = shape;
+    Ok(match c {
+        1 => planar(&fit(&img.to_luma8(), h as u32, w as u32, resize)),
+        _ => planar(&fit(&img.to_rgb8(), h as u32, w as u32, resize)),
+    })
+}
+
+/// Resizes (Catmull-Rom, which also filters when shrinking) to `h x w` as `resize` says.
+fn fit<P>(img: &ImageBuffer<P, Vec<u8>>, h: u32, w: u32, resize: Resize) -> ImageBuffer<P, Vec<u8>>
+where
+    P: Pixel<Subpixel = u8> + 'static,
+{
+    let (w0, h0) = img.dimensions();
+    if (w0, h0) == (w, h) {
+        return img.clone();
+    }
+    let filter = FilterType::CatmullRom;
+    match resize {
+        Resize::Stretch => image::imageops::resize(img, w, h, filter),
+        Resize::CenterCrop => {
+            let s = (w as f64 / w0 as f64).max(h as f64 / h0 as f64);
+            let (rw, rh) = (((w0 as f64 * s).round() as u32).max(w), ((h0 as f64 * s).round() as u32).max(h));
+            let big = image::imageops::resize(img, rw, rh, filter);
+            image::imageops::crop_imm(&big, (rw - w) / 2, (rh - h) / 2, w, h).to_image()
+        }
+        Resize::Pad => {
+            let s = (w as f64 / w0 as f64).min(h as f64 / h0 as f64);
+            let (rw, rh) = (((w0 as f64 * s).round() as u32).clamp(1, w), ((h0 as f64 * s).round() as u32).clamp(1, h));
+            let small = image::imageops::resize(img, rw, rh, filter);
+            let mut out = ImageBuffer::<P, Vec<u8>>::new(w, h);
+            image::imageops::replace(&mut out, &small, ((w - rw) / 2) as i64, ((h - rh) / 2) as i64);
+            out
+        }
+    }
+}
+
+/// HWC pixels -> CHW bytes.
+fn planar<P: Pixel<Subpixel = u8>>(img: &ImageBuffer<P, Vec<u8>>) -> Vec<u8> {
+    let (w, h) = img.dimensions();
+    let c = P::CHANNEL_COUNT as usize;
+    let raw = img.as_raw();
+    let mut out = vec![0u8; raw.len()];
+    let plane = (w * h) as usize;
+    for (i, px) in raw.chunks_exact(c).enumerate() {
+        for (k, v) in px.iter().enumerate() {
+            out[k * plane + i] = *v;
+        }
+    }
+    out
+}
