@@ -157,9 +157,18 @@ pub struct SampleArgs {
     /// Default: <train.run_dir>/checkpoints/latest.safetensors.
     #[arg(long, value_name = "PATH")]
     pub checkpoint: Option<PathBuf>,
-    /// Where to write the PNG grid. Default: <run_dir>/samples.png.
+    /// Where to write: the PNG grid (default <run_dir>/samples.png), the png-dir folder
+    /// (default <run_dir>/samples/) or the .npz file (default <run_dir>/samples.npz).
     #[arg(long, short, value_name = "PATH")]
     pub out: Option<PathBuf>,
+    /// What to write (sample.format): grid (one PNG), png-dir (000000.png, ... for FID tools) or
+    /// npz (arr_0 uint8 [N, H, W, C], arr_1 labels). Exports are written batch by batch.
+    #[arg(long, value_parser = ["grid", "png-dir", "npz"])]
+    pub format: Option<String>,
+    /// Continue an interrupted png-dir or npz export (same settings; the result equals an
+    /// uninterrupted one).
+    #[arg(long)]
+    pub resume: bool,
     /// Use beta_t as the reverse-step variance (the demo's default, "fixed large").
     #[arg(long, overrides_with = "no_simple_var")]
     pub simple_var: bool,
@@ -253,6 +262,7 @@ impl Cli {
                 put("sample.n_samples", a.n_samples.map(|v| v.to_string()));
                 put("sample.batch_size", a.batch_size.map(|v| v.to_string()));
                 put("sample.padding", a.padding.map(|v| v.to_string()));
+                put("sample.format", a.format.clone());
                 let var = match (a.simple_var, a.no_simple_var, a.variance.as_deref()) {
                     (true, _, _) | (_, _, Some("fixed_large")) => Some(true),
                     (_, true, _) | (_, _, Some("fixed_small")) => Some(false),

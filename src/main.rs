@@ -78,6 +78,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 label,
                 guidance_given: a.guidance.is_some(),
                 process: a.process,
+                resume: a.resume,
             };
             ddpm::sample::sample(&cfg, &req)?;
         }

@@ -3,6 +3,7 @@
 //! bar over the steps, write a PNG grid, and optionally the raw tensor and pictures of the
 //! process.
 
+pub mod export;
 pub mod options;
 
 use crate::checkpoint::{self, ModelInfo};
@@ -50,6 +51,8 @@ pub struct SampleRequest {
     pub guidance_given: bool,
     /// Also write the reverse process as a PNG (a row per sample) and a GIF.
     pub process: bool,
+    /// Continue an interrupted `png-dir` or `npz` export.
+    pub resume: bool,
 }
 
 /// `ddpm sample`.
@@ -65,8 +68,18 @@ pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
             path.display()
         )));
     }
-    let out = req.out.clone().unwrap_or_else(|| cfg.train.run_dir.join("samples.png"));
-    check_writable(&out)?;
+    let format = cfg.sample.format;
+    let out = req.out.clone().unwrap_or_else(|| export::default_out(&cfg.train.run_dir, format));
+    if req.resume && format == export::Format::Grid {
+        bail!(UsageError("--resume continues a png-dir or npz export: add --format png-dir or --format npz".into()));
+    }
+    if format != export::Format::Grid && (req.process || req.save_tensor.is_some()) {
+        bail!(UsageError(format!("--process and --save-tensor go with --format grid, not {}", format.as_str())));
+    }
+    match format {
+        export::Format::PngDir => check_writable(&out.join("000000.png"))?,
+        _ => check_writable(&out)?,
+    }
     let loaded =
         checkpoint::load_model(&path, &ModelInfo::from_config(cfg), device, cfg.channels_last, cfg.sample.ema)?;
     let classes = loaded.model.num_classes();
@@ -121,6 +134,48 @@ pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
         loaded.info.warn_untrained_null_class(&path, sc.guidance);
     }
     let n = labels.as_ref().map_or(cfg.sample.n_samples, |l| l.size()[0]);
+    if format != export::Format::Grid {
+        let s = &cfg.sample;
+        let settings = serde_json::json!({
+            "checkpoint": path.display().to_string(),
+            "epoch": loaded.info.epoch,
+            "step": loaded.info.step,
+            "ema": loaded.ema,
+            "sampler": s.sampler.as_str(),
+            "steps": s.steps, "eta": s.eta, "spacing": format!("{:?}", s.spacing),
+            "simple_var": s.simple_var, "clip_x0": s.clip_x0, "guidance": sc.guidance,
+            "label": format!("{label:?}"),
+        });
+        tracing::info!(
+            "exporting {n} images from {} ({} weights, epoch {}, step {}) with {} to {} ({})",
+            path.display(),
+            if loaded.ema { "EMA" } else { "raw" },
+            loaded.info.epoch,
+            loaded.info.step,
+            s.sampler,
+            out.display(),
+            format.as_str()
+        );
+        let started = Instant::now();
+        let drawn = export::run(&export::Export {
+            model: &loaded.model,
+            labels: labels.as_ref(),
+            n,
+            batch: s.batch_size,
+            seed: cfg.seed,
+            sampler: &sc,
+            format,
+            out: &out,
+            resume: req.resume,
+            settings,
+        })?;
+        tracing::info!(
+            "wrote {} ({n} images; {drawn} batches drawn in {:.1} s)",
+            out.display(),
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(out);
+    }
     let [c, h, w] = loaded.info.spec.image_shape;
     let bytes = n as f64 * (c * h * w) as f64 * 4.0;
     if bytes > 8e9 {

@@ -30,6 +30,9 @@ pub struct SampleConfig {
     pub guidance: f64,
     /// Use the EMA weights when the checkpoint has them.
     pub ema: bool,
+    /// What `ddpm sample` writes: `grid` (one PNG), `png-dir` (a PNG per sample) or `npz`
+    /// (`arr_0` uint8 NHWC, `arr_1` labels).
+    pub format: super::export::Format,
 }
 
 impl Default for SampleConfig {
@@ -46,6 +49,7 @@ impl Default for SampleConfig {
             spacing: Spacing::Uniform,
             guidance: 2.0,
             ema: true,
+            format: super::export::Format::Grid,
         }
     }
 }

@@ -12,6 +12,7 @@ mod config;
 mod data;
 mod dist;
 mod eval;
+mod export;
 mod features;
 mod folder;
 mod gpu_scripts;

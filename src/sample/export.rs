@@ -1,0 +1,279 @@
+//! `ddpm sample --format png-dir | npz`: samples as the tools that score generators read them
+//! (pytorch-fid and clean-fid read a folder of PNGs; guided-diffusion's evaluator and
+//! torch-fidelity an `.npz` whose `arr_0` is `uint8 [N, H, W, C]`, with the labels in `arr_1`).
+//!
+//! The images are drawn in batches of `sample.batch_size`, batch `k` from noise seeded by
+//! `(seed, k)`, and written as they come: PNGs straight into the folder, `.npz` batches into
+//! `<out>.parts/` until the last one, when the archive is put together. `--resume` skips the
+//! batches already written, so an interrupted export continued gives the same files as one
+//! that ran through. A manifest (`ddpm-export.json` in the folder, `<out>.parts/manifest.json`)
+//! holds the settings, and a resume with other settings is refused.
+
+use crate::error::UsageError;
+use crate::generate::{self, Request};
+use crate::grid;
+use crate::spec::Model;
+use crate::train::step::derived_seed;
+use anyhow::{bail, Context, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+crate::choice! {
+    /// `sample.format` (`--format`): what `ddpm sample` writes.
+    pub enum Format {
+        /// One PNG grid.
+        Grid = "grid",
+        /// `000000.png`, `000001.png`, ... in a folder.
+        PngDir = "png-dir" | "png" | "pngs",
+        /// `arr_0`: `uint8 [N, H, W, C]`; `arr_1`: `int64 [N]` labels of a conditional model.
+        Npz = "npz",
+    }
+}
+
+/// The seed purpose of an export batch's noise.
+pub const SEED_EXPORT: u64 = 3;
+
+/// An export to run.
+pub struct Export<'a> {
+    pub model: &'a Model,
+    /// `i64 [n]` on the model's device, for a conditional model.
+    pub labels: Option<&'a Tensor>,
+    pub n: i64,
+    pub batch: i64,
+    pub seed: u64,
+    pub sampler: &'a crate::diffusion::sampler::ReverseProcess,
+    pub format: Format,
+    pub out: &'a Path,
+    pub resume: bool,
+    /// What the export depends on (checkpoint, sampler settings, ...): a resume must match.
+    pub settings: serde_json::Value,
+}
+
+/// The default output of a format under the run folder.
+pub fn default_out(run_dir: &Path, format: Format) -> PathBuf {
+    match format {
+        Format::Grid => run_dir.join("samples.png"),
+        Format::PngDir => run_dir.join("samples"),
+        Format::Npz => run_dir.join("samples.npz"),
+    }
+}
+
+fn parts_dir(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".parts");
+    PathBuf::from(s)
+}
+
+/// Runs the export; returns the number of batches drawn now (the others were already there).
+pub fn run(e: &Export) -> Result<i64> {
+    let batch = e.batch.clamp(1, e.n.max(1));
+    let batches = (e.n + batch - 1) / batch;
+    let (work, manifest) = match e.format {
+        Format::PngDir => (e.out.to_path_buf(), e.out.join("ddpm-export.json")),
+        Format::Npz => (parts_dir(e.out), parts_dir(e.out).join("manifest.json")),
+        Format::Grid => bail!("a grid is not an export"),
+    };
+    let mut settings = e.settings.clone();
+    settings["n"] = e.n.into();
+    settings["batch"] = batch.into();
+    settings["seed"] = e.seed.into();
+    settings["format"] = e.format.as_str().into();
+    if manifest.exists() {
+        if !e.resume {
+            bail!(UsageError(format!(
+                "{} holds an export already: add --resume to continue it, or choose another --out",
+                e.out.display()
+            )));
+        }
+        let had: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest)?)
+            .with_context(|| format!("cannot read {}", manifest.display()))?;
+        if had != settings {
+            bail!(UsageError(format!(
+                "--resume: {} was exported with other settings ({}), not {}: continue it with those, or choose another --out",
+                e.out.display(),
+                had,
+                settings
+            )));
+        }
+    } else {
+        if e.format == Format::Npz && e.out.exists() && !e.resume {
+            bail!(UsageError(format!("{} exists: choose another --out or remove it", e.out.display())));
+        }
+        std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+        crate::fsutil::write_atomic(&manifest, settings.to_string().as_bytes())?;
+    }
+    crate::fsutil::remove_stale_temps(&work);
+    let done = |k: i64| -> bool {
+        let b = batch.min(e.n - k * batch);
+        match e.format {
+            Format::PngDir => (k * batch..k * batch + b).all(|i| work.join(format!("{i:06}.png")).exists()),
+            _ => work.join(format!("batch-{k:06}.u8")).exists(),
+        }
+    };
+    let todo: Vec<i64> = (0..batches).filter(|&k| !done(k)).collect();
+    if todo.len() < batches as usize {
+        tracing::info!(
+            "{}: {} of {batches} batches are there already, drawing the other {}",
+            e.out.display(),
+            batches - todo.len() as i64,
+            todo.len()
+        );
+    }
+    let bar = crate::logging::progress_bar(e.n as u64, "exporting [{bar:30}] {pos}/{len} images {per_sec} ETA {eta}");
+    bar.set_position(((batches - todo.len() as i64) * batch).min(e.n) as u64);
+    for &k in &todo {
+        let b = batch.min(e.n - k * batch);
+        let y = e.labels.map(|l| l.narrow(0, k * batch, b));
+        let req = Request {
+            n: b,
+            labels: y.as_ref(),
+            batch: b,
+            seed: derived_seed(e.seed, SEED_EXPORT, k) as u64,
+            sampler: e.sampler,
+            progress: false,
+        };
+        let xs = generate::draw(e.model, &req, None);
+        match e.format {
+            Format::PngDir => {
+                for j in 0..b {
+                    let path = work.join(format!("{:06}.png", k * batch + j));
+                    grid::save_png(&grid::grid_image(&xs.narrow(0, j, 1), 1, 0)?, &path)?;
+                }
+            }
+            _ => {
+                let px = grid::to_pixels(&xs).permute([0, 2, 3, 1]).contiguous();
+                let mut buf = vec![0u8; px.numel()];
+                let len = buf.len();
+                px.copy_data(&mut buf, len);
+                crate::fsutil::write_atomic(&work.join(format!("batch-{k:06}.u8")), &buf)?;
+            }
+        }
+        bar.inc(b as u64);
+    }
+    bar.finish_and_clear();
+    if e.format == Format::Npz {
+        let [c, h, w] = e.model.image_shape;
+        write_npz(e.out, &work, batches, [e.n, h, w, c], e.labels)?;
+        std::fs::remove_dir_all(&work).with_context(|| format!("cannot remove {}", work.display()))?;
+    }
+    Ok(todo.len() as i64)
+}
+
+/// A `.npy` header (version 1.0) for a C-ordered array.
+fn npy_header(descr: &str, shape: &[i64]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    // Magic (6) + version (2) + length (2) + dict + newline, padded to a multiple of 64.
+    while (10 + dict.len() + 1) % 64 != 0 {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    out.extend_from_slice(dict.as_bytes());
+    out
+}
+
+/// CRC-32 (IEEE), as zip wants it.
+struct Crc32(u32);
+
+impl Crc32 {
+    fn update(&mut self, data: &[u8]) {
+        let mut c = !self.0;
+        for &b in data {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { (c >> 1) ^ 0xEDB8_8320 } else { c >> 1 };
+            }
+        }
+        self.0 = !c;
+    }
+}
+
+/// Writes `arr_0` (and `arr_1` with the labels) as an uncompressed zip, as `numpy.savez`
+/// does, from the batch files; atomically.
+fn write_npz(out: &Path, parts: &Path, batches: i64, shape: [i64; 4], labels: Option<&Tensor>) -> Result<()> {
+    let mut members: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+    let mut data = vec![npy_header("|u1", &shape)];
+    for k in 0..batches {
+        let p = parts.join(format!("batch-{k:06}.u8"));
+        data.push(std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?);
+    }
+    members.push(("arr_0.npy".into(), data));
+    if let Some(l) = labels {
+        let v = Vec::<i64>::try_from(&l.to_device(tch::Device::Cpu))?;
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        members.push(("arr_1.npy".into(), vec![npy_header("<i8", &[v.len() as i64]), bytes]));
+    }
+    let total: usize = members.iter().map(|m| m.1.iter().map(Vec::len).sum::<usize>()).sum();
+    if total as u64 >= u32::MAX as u64 - 4096 {
+        bail!(UsageError(format!(
+            "{}: {total} bytes are too many for an npz without zip64: use --format png-dir",
+            out.display()
+        )));
+    }
+    let tmp = crate::fsutil::temp_path(out);
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
+    );
+    let mut central = Vec::new();
+    let mut offset = 0u32;
+    for (name, chunks) in &members {
+        let mut crc = Crc32(0);
+        let mut size = 0u32;
+        for c in chunks {
+            crc.update(c);
+            size += c.len() as u32;
+        }
+        let header = |sig: u32, central: bool| -> Vec<u8> {
+            let mut h = Vec::new();
+            h.extend_from_slice(&sig.to_le_bytes());
+            if central {
+                h.extend_from_slice(&20u16.to_le_bytes()); // made by
+            }
+            h.extend_from_slice(&20u16.to_le_bytes()); // needed to extract
+            h.extend_from_slice(&0u16.to_le_bytes()); // flags
+            h.extend_from_slice(&0u16.to_le_bytes()); // stored
+            h.extend_from_slice(&0u16.to_le_bytes()); // time
+            h.extend_from_slice(&0x21u16.to_le_bytes()); // date: 1980-01-01
+            h.extend_from_slice(&crc.0.to_le_bytes());
+            h.extend_from_slice(&size.to_le_bytes());
+            h.extend_from_slice(&size.to_le_bytes());
+            h.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            h.extend_from_slice(&0u16.to_le_bytes()); // extra
+            if central {
+                h.extend_from_slice(&0u16.to_le_bytes()); // comment
+                h.extend_from_slice(&0u16.to_le_bytes()); // disk
+                h.extend_from_slice(&0u16.to_le_bytes()); // internal attributes
+                h.extend_from_slice(&0u32.to_le_bytes()); // external attributes
+                h.extend_from_slice(&offset.to_le_bytes());
+            }
+            h.extend_from_slice(name.as_bytes());
+            h
+        };
+        let local = header(0x0403_4b50, false);
+        f.write_all(&local)?;
+        for c in chunks {
+            f.write_all(c)?;
+        }
+        central.extend(header(0x0201_4b50, true));
+        offset += local.len() as u32 + size;
+    }
+    let mut end = Vec::new();
+    end.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    end.extend_from_slice(&[0u8; 4]); // disk numbers
+    end.extend_from_slice(&(members.len() as u16).to_le_bytes());
+    end.extend_from_slice(&(members.len() as u16).to_le_bytes());
+    end.extend_from_slice(&(central.len() as u32).to_le_bytes());
+    end.extend_from_slice(&offset.to_le_bytes());
+    end.extend_from_slice(&0u16.to_le_bytes());
+    f.write_all(&central)?;
+    f.write_all(&end)?;
+    let f = f.into_inner().map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(())
+}
