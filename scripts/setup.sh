@@ -38,6 +38,11 @@ if [ "$have" != "$TORCH_VERSION" ]; then
   log "installing torch==$TORCH_VERSION into .venv (about 4.8 GB, a minute or more)"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION" numpy safetensors
 fi
+# TensorBoard's own reader checks the event files ddpm writes (a test); about 10 MB with its deps.
+if ! .venv/bin/python -c 'import tensorboard' 2>/dev/null; then
+  log "installing tensorboard into .venv"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "tensorboard==2.21.0"
+fi
 # The CUDA runtime headers in the wheel's nvidia packages lack crt/ and nv/target, which
 # compiling against ProcessGroupNCCL.hpp (the NCCL backend of data-parallel training) needs;
 # nvidia-cuda-crt and nvidia-cuda-cccl of the same CUDA release have them (3 MB).

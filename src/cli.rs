@@ -158,7 +158,7 @@ pub struct SampleArgs {
     #[arg(long, value_name = "PATH")]
     pub checkpoint: Option<PathBuf>,
     /// Where to write: the PNG grid (default <run_dir>/samples.png), the png-dir folder
-    /// (default <run_dir>/samples/) or the .npz file (default <run_dir>/samples.npz).
+    /// (default <run_dir>/samples-png/) or the .npz file (default <run_dir>/samples.npz).
     #[arg(long, short, value_name = "PATH")]
     pub out: Option<PathBuf>,
     /// What to write (sample.format): grid (one PNG), png-dir (000000.png, ... for FID tools) or

@@ -54,10 +54,16 @@ pub fn default_cols(n: i64) -> i64 {
     c.max(1)
 }
 
-/// Encodes an image as PNG and writes it atomically.
-pub fn save_png(img: &DynamicImage, path: &Path) -> Result<()> {
+/// An image encoded as PNG.
+pub fn png_bytes(img: &DynamicImage) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     img.write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png).context("encoding PNG")?;
+    Ok(bytes)
+}
+
+/// Encodes an image as PNG and writes it atomically.
+pub fn save_png(img: &DynamicImage, path: &Path) -> Result<()> {
+    let bytes = png_bytes(img)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating folder {}", dir.display()))?;
     }

@@ -1,4 +1,4 @@
-//! TensorBoard scalars without TensorFlow: an `events.out.tfevents.*` file of TFRecords, each
+//! TensorBoard scalars and images without TensorFlow: an `events.out.tfevents.*` file of TFRecords, each
 //! an `Event` protobuf (wall_time = 1, step = 2, file_version = 3, summary = 5) framed as
 //! `len u64 | masked crc32c(len) | data | masked crc32c(data)`.
 
@@ -83,6 +83,23 @@ impl EventWriter {
         bytes_field(1, tag.as_bytes(), &mut v);
         varint(2 << 3 | 5, &mut v);
         v.extend_from_slice(&(value as f32).to_le_bytes());
+        let mut summary = Vec::new();
+        bytes_field(1, &v, &mut summary);
+        self.record(&event(now(), step, |e| bytes_field(5, &summary, e)))
+    }
+
+    /// One PNG-encoded image: `Summary { value { tag = 1, image = 4 { height = 1, width = 2,
+    /// colorspace = 3, encoded_image_string = 4 } } }` (colorspace 1 = gray, 3 = RGB).
+    pub fn image(&mut self, tag: &str, step: i64, png: &[u8], height: u32, width: u32, channels: u32) -> Result<()> {
+        let mut img = Vec::new();
+        for (field, v) in [(1u64, height as u64), (2, width as u64), (3, channels as u64)] {
+            varint(field << 3, &mut img);
+            varint(v, &mut img);
+        }
+        bytes_field(4, png, &mut img);
+        let mut v = Vec::new();
+        bytes_field(1, tag.as_bytes(), &mut v);
+        bytes_field(4, &img, &mut v);
         let mut summary = Vec::new();
         bytes_field(1, &v, &mut summary);
         self.record(&event(now(), step, |e| bytes_field(5, &summary, e)))

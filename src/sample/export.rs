@@ -54,7 +54,7 @@ pub struct Export<'a> {
 pub fn default_out(run_dir: &Path, format: Format) -> PathBuf {
     match format {
         Format::Grid => run_dir.join("samples.png"),
-        Format::PngDir => run_dir.join("samples"),
+        Format::PngDir => run_dir.join("samples-png"),
         Format::Npz => run_dir.join("samples.npz"),
     }
 }

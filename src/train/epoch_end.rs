@@ -45,11 +45,18 @@ impl Logs {
     pub(super) fn flush(&mut self) -> Result<()> {
         self.tb.flush()
     }
+
+    /// The epoch's grid in TensorBoard's image tab.
+    fn grid(&mut self, step: i64, img: &image::DynamicImage) -> Result<()> {
+        let png = grid::png_bytes(img)?;
+        self.tb.image("samples", step, &png, img.height(), img.width(), img.color().channel_count() as u32)?;
+        self.tb.flush()
+    }
 }
 
 impl Trainer<'_> {
     /// Rank 0's work at the end of an epoch (or of a run that stops inside one).
-    pub(super) fn epoch_end(&mut self, epoch: i64, complete: bool) -> Result<()> {
+    pub(super) fn epoch_end(&mut self, epoch: i64, complete: bool, logs: &mut Logs) -> Result<()> {
         let c = self.cfg;
         // The other workers wait meanwhile: let rank 0 use the machine's cores.
         let threads = tch::get_num_threads();
@@ -66,7 +73,8 @@ impl Trainer<'_> {
             &self.run_dir.join("loss.png"),
         )?;
         if c.train.grid_samples > 0 {
-            self.write_grid(epoch)?;
+            let img = self.write_grid(epoch)?;
+            logs.grid(self.pos.step, &img)?;
         }
         if c.train.eval_every > 0 && epoch % c.train.eval_every == 0 {
             self.evaluate(epoch)?;
@@ -84,7 +92,7 @@ impl Trainer<'_> {
 
     /// The per-epoch grid from the EMA weights (if any), with fixed noise and the grid's
     /// sampler (`train.grid_sampler`, `grid_steps`); conditional models get one row per class.
-    fn write_grid(&self, epoch: i64) -> Result<()> {
+    fn write_grid(&self, epoch: i64) -> Result<image::DynamicImage> {
         let c = self.cfg;
         let model = self.learner.sampling_model();
         let classes = model.num_classes();
@@ -96,9 +104,10 @@ impl Trainer<'_> {
         let xs = self.draw(n, labels.as_ref(), &sc);
         let path = self.run_dir.join("samples").join(format!("epoch-{epoch:04}.png"));
         let cols = if classes > 0 { n / classes } else { grid::default_cols(n) };
-        grid::save_png(&grid::grid_image(&xs, cols, c.sample.padding)?, &path)?;
+        let img = grid::grid_image(&xs, cols, c.sample.padding)?;
+        grid::save_png(&img, &path)?;
         tracing::info!("wrote {}", path.display());
-        Ok(())
+        Ok(img)
     }
 
     /// A small evaluation (DDIM-50 from the EMA weights) appended to evals.jsonl and eval.png.

@@ -180,7 +180,7 @@ impl Trainer<'_> {
             );
             if let Some(logs) = &mut logs {
                 logs.epoch(self.pos.step, epoch_loss)?;
-                self.epoch_end(epoch, self.pos.batch == spe)?;
+                self.epoch_end(epoch, self.pos.batch == spe, logs)?;
             }
             if self.pos.batch == spe {
                 self.pos = Position { epoch: epoch + 1, batch: 0, ..self.pos };

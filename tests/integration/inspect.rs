@@ -1,5 +1,6 @@
 //! Reading a run without Python: `ddpm info`, checkpoint rotation by epoch, the plots, the
-//! closing summary, and shell completion, all through the binary.
+//! closing summary, and shell completion, all through the binary; and TensorBoard's own
+//! reader on the event file.
 
 use crate::common;
 use std::path::Path;
@@ -129,5 +130,41 @@ fn the_epoch_grid_is_the_configured_sampler() {
         assert!(out.status.success(), "{}", common::stderr(&out));
         let grid = std::fs::read(dir.path().join("run/samples/epoch-0002.png")).unwrap();
         assert!(grid == std::fs::read(&png).unwrap(), "{sampler}: the epoch grid differs from ddpm sample's");
+    }
+}
+
+/// TensorBoard's own reader parses the event file: the loss scalars and, per epoch, the grid as
+/// an image summary whose PNG is the epoch's grid file.
+#[test]
+fn tensorboard_reads_the_scalars_and_the_epoch_grids() {
+    let Some(py) = common::venv_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_mnist(&dir.path().join("data"), 64);
+    let cfg = common::tiny_config(dir.path());
+    let o = common::ddpm(dir.path(), &["train", "--config", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let run = dir.path().join("run");
+    let script = format!(
+        "import sys, hashlib\n\
+         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator\n\
+         ea = EventAccumulator(r'{}', size_guidance={{'images': 0, 'scalars': 0}})\n\
+         ea.Reload()\n\
+         t = ea.Tags()\n\
+         print(sorted(t['scalars']), t['images'])\n\
+         for im in ea.Images('samples'):\n\
+         \x20   print(im.step, im.width, im.height, hashlib.md5(im.encoded_image_string).hexdigest())\n",
+        run.join("tensorboard").display()
+    );
+    let o = std::process::Command::new(py).args(["-c", &script]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "['train/epoch_loss', 'train/images_per_sec', 'train/loss'] ['samples']", "{out}");
+    assert_eq!(lines.len(), 3, "one image per epoch: {out}");
+    // 64 images at batch 16: 4 steps per epoch; the image is the epoch's grid PNG.
+    for (epoch, line) in lines[1..].iter().enumerate() {
+        let png = std::fs::read(run.join(format!("samples/epoch-{:04}.png", epoch + 1))).unwrap();
+        let sha = ddpm::data::download::md5_hex(&png);
+        assert_eq!(*line, format!("{} 56 56 {sha}", 4 * (epoch + 1)), "{out}");
     }
 }
