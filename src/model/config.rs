@@ -167,6 +167,24 @@ impl NetworkConfig {
         }
     }
 
+    /// For a UNet, the entries of `attn_resolutions` that no level has on images of this
+    /// shape (attention goes where a level's feature-map height equals an entry), as a warning.
+    pub fn unmatched_attention(&self, image_shape: [i64; 3]) -> Option<String> {
+        let Self::Unet(u) = self else { return None };
+        let [_, h, w] = image_shape;
+        let mut levels = vec![h];
+        for _ in 1..u.channel_mults.len() {
+            levels.push((levels[levels.len() - 1] + 1) / 2);
+        }
+        let unmatched: Vec<i64> = u.attn_resolutions.iter().copied().filter(|r| !levels.contains(r)).collect();
+        (!unmatched.is_empty()).then(|| {
+            format!(
+                "network.attn_resolutions: {unmatched:?} is no level of this network on {h}x{w} images (its feature \
+                 maps are {levels:?} high), so no attention is added there; pick among those, or [] to say so"
+            )
+        })
+    }
+
     /// A one-line description for logs and reports.
     pub fn describe(&self) -> String {
         match self {

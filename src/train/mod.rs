@@ -160,6 +160,9 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<()> {
     if name == data::DatasetName::Folder {
         check_folder(cfg, &dataset)?;
     }
+    if let Some(w) = cfg.network.unmatched_attention(shape) {
+        tracing::warn!("{w}");
+    }
 
     let mut info = ModelInfo::from_config(cfg);
     info.spec.class_names = dataset.class_names.clone();

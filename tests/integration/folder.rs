@@ -198,12 +198,13 @@ fn folder_yaml(dir: &Path, pics: &Path, size: &str, channels: i64, network: &str
 #[test]
 fn other_sizes_train_and_sample_with_both_networks() {
     let demo = "  kind: demo\n  channels: [4, 8]\n  pe_dim: 8";
-    let unet = "  kind: unet\n  base_channels: 8\n  channel_mults: [1, 2]\n  num_res_blocks: 1\n  attn_resolutions: [14]\n  groups: 4";
+    let unet14 = "  kind: unet\n  base_channels: 8\n  channel_mults: [1, 2]\n  num_res_blocks: 1\n  attn_resolutions: [14]\n  groups: 4";
+    let unet32 = unet14.replace("[14]", "[32]");
     for (size, channels, net, hw) in [
         ("[28, 40]", 1, demo, [28, 40]),
-        ("[28, 40]", 1, unet, [28, 40]),
-        ("32", 3, demo, [32, 32]),
-        ("32", 3, unet, [32, 32]),
+        ("[28, 40]", 1, unet14, [28, 40]),
+        ("64", 3, demo, [64, 64]),
+        ("64", 3, unet32.as_str(), [64, 64]),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let pics = dir.path().join("pics");
@@ -275,6 +276,17 @@ fn bad_folders_are_one_line_errors() {
     let o = common::ddpm(dir.path(), &["train", "--config", cfg.to_str().unwrap(), "--overwrite"]);
     assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
     assert!(common::stderr(&o).contains("6x6"), "{}", common::stderr(&o));
+    // Attention at a size no level has: said, and training goes on.
+    let unet = "  kind: unet\n  base_channels: 8\n  channel_mults: [1, 2]\n  num_res_blocks: 1\n  attn_resolutions: [16]\n  groups: 4";
+    let cfg = folder_yaml(dir.path(), &many, "[28, 40]", 1, unet, "");
+    let o = common::ddpm(dir.path(), &["train", "--config", cfg.to_str().unwrap(), "--overwrite"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(
+        common::stderr(&o)
+            .contains("[16] is no level of this network on 28x40 images (its feature maps are [28, 14] high)"),
+        "{}",
+        common::stderr(&o)
+    );
 }
 
 #[test]

@@ -235,7 +235,8 @@ fn bad_inputs_through_the_binary() {
     check(&["sample", "--config", c, "--n-samples", "0"], 2, &["sample.n_samples = 0"]);
     check(&["sample", "--config", c, "--n-samples", "100000000"], 2, &["GB", "at most"]);
     check(&["sample", "--config", c, "--out", "file/x.png"], 2, &["cannot write file/x.png"]);
-    check(&["sample", "--config", c, "--label", "x"], 2, &["--label", "all"]);
+    check(&["sample", "--config", c, "--label", "x"], 2, &["--label", "unconditional model"]);
+    check(&["sample", "--config", c, "--label", ""], 2, &["--label", "a class name or all"]);
     // A checkpoint of another architecture without our metadata (as the demo writes them):
     // the first tensor that does not fit is named with both shapes.
     let ck = d.join("run/checkpoints/latest.safetensors");
