@@ -34,6 +34,10 @@ fn the_paper_configuration_has_the_papers_size() {
     let mnist = params(&preset("mnist-unet.yml").network, [1, 28, 28]);
     println!("cifar10-small: {small}; mnist-unet: {mnist}");
     assert!(small > 1_000_000 && small < 10_000_000, "{small}");
+    let folder = preset("folder-64.yml");
+    assert_eq!(folder.image_shape(), [3, 64, 64]);
+    assert_eq!(folder.network.unmatched_attention(folder.image_shape()), None);
+    assert_eq!(params(&folder.network, [3, 64, 64]), 8_952_067);
 }
 
 fn small_unet(classes: i64) -> UnetConfig {
