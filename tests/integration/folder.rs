@@ -58,6 +58,41 @@ fn folder_of_mnist_pngs_reads_like_the_idx_files() {
     assert_eq!(Vec::<i64>::try_from(&ds.labels).unwrap(), order.iter().map(|&i| labels[i]).collect::<Vec<_>>());
 }
 
+/// A 20x20 palette PNG (colour type 3) whose every pixel is palette entry 1, written by hand
+/// (the image crate does not write palette PNGs).
+fn palette_png(path: &Path, colour: [u8; 3]) {
+    fn crc(data: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in data {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { (c >> 1) ^ 0xEDB8_8320 } else { c >> 1 };
+            }
+        }
+        !c
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc(&body).to_be_bytes());
+    }
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&20u32.to_be_bytes());
+    ihdr.extend_from_slice(&20u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 3, 0, 0, 0]);
+    let rows: Vec<u8> = (0..20).flat_map(|_| std::iter::once(0u8).chain(std::iter::repeat_n(1u8, 20))).collect();
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut z, &rows).unwrap();
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut png, b"IHDR", &ihdr);
+    chunk(&mut png, b"PLTE", &[0, 0, 0, colour[0], colour[1], colour[2]]);
+    chunk(&mut png, b"IDAT", &z.finish().unwrap());
+    chunk(&mut png, b"IEND", &[]);
+    std::fs::write(path, png).unwrap();
+}
+
 /// Writes one picture of each kind (all 20x20) plus a corrupt one and a text file.
 fn write_mixed(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
@@ -71,6 +106,7 @@ fn write_mixed(dir: &Path) {
     RgbImage::from_pixel(20, 20, Rgb([10, 20, 30])).save(dir.join("f_bmp.bmp")).unwrap();
     // GIF is a palette format.
     RgbaImage::from_pixel(20, 20, Rgba([255, 255, 0, 255])).save(dir.join("g_palette.gif")).unwrap();
+    palette_png(&dir.join("g_palette2.png"), [7, 77, 177]);
     std::fs::write(dir.join("h_corrupt.png"), b"\x89PNG\r\n\x1a\nthis is not a picture").unwrap();
     std::fs::write(dir.join("notes.txt"), b"not a picture").unwrap();
 }
@@ -82,7 +118,7 @@ fn every_picture_kind_is_read_converted_and_counted() {
     write_mixed(&pics);
     let cfg = folder_cfg(&pics, &dir.path().join("cache"), ImageSize::Square(16), 3);
     let (ds, stats) = folder::load(&cfg, Split::Train).unwrap();
-    assert_eq!(ds.images.size(), [7, 3, 16, 16]);
+    assert_eq!(ds.images.size(), [8, 3, 16, 16]);
     assert_eq!(stats.skipped.len(), 1, "{:?}", stats.skipped);
     assert_eq!(stats.skipped[0].0, "h_corrupt.png");
     assert_eq!(stats.ignored, 1);
@@ -97,10 +133,11 @@ fn every_picture_kind_is_read_converted_and_counted() {
     assert!(blue[0] < 8 && blue[1] < 8 && blue[2] > 245, "jpeg {blue:?}");
     assert_eq!(px(5), [10, 20, 30]);
     assert_eq!(px(6), [255, 255, 0]);
+    assert_eq!(px(7), [7, 77, 177], "palette PNG");
     // The same folder as grayscale: one channel.
     let gray = folder_cfg(&pics, &dir.path().join("cache"), ImageSize::Rect([8, 12]), 1);
     let (g, _) = folder::load(&gray, Split::Train).unwrap();
-    assert_eq!(g.images.size(), [7, 1, 8, 12]);
+    assert_eq!(g.images.size(), [8, 1, 8, 12]);
     assert_eq!(bytes(&g.images.get(2).select(1, 4).select(1, 6)), [128]);
 }
 
