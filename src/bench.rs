@@ -10,6 +10,7 @@ use crate::diffusion::ddpm::StepOptions;
 use crate::diffusion::sampler::{ReverseProcess, Sampler};
 use crate::generate::{self, Request};
 use crate::spec::ModelSpec;
+use crate::train::options::Precision;
 use crate::train::step::{derived_seed, Learner, Shard, SEED_EPOCH, SEED_STEP};
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -180,7 +181,7 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
     let sample_ddpm = t0.elapsed().as_secs_f64() / probe as f64 * cfg.ddpm.n_steps as f64;
     // 81 samples in one batch through the sampler every command uses.
     let time = |sampler: Sampler| {
-        let sc = ReverseProcess { sampler, opts, guidance: 1.0 };
+        let sc = ReverseProcess { sampler, opts, guidance: 1.0, bf16: cfg.sample.precision == Precision::Bf16 };
         let req = Request { n: 81, labels: None, batch: 81, seed: cfg.seed, sampler: &sc, progress: false };
         let t0 = Instant::now();
         let _ = generate::draw(&model, &req, None).double_value(&[0, 0, 0, 0]);

@@ -68,6 +68,7 @@ pub fn eval(cfg: &Config, req: &EvalRequest) -> Result<EvalResult> {
         tch::set_num_threads(cfg.threads as i32);
     }
     let device = device::resolve(&cfg.device)?;
+    cfg.sample.check_precision(device)?;
     let train = data::load(&cfg.dataset, Split::Train)?;
     let test = data::load(&cfg.dataset, Split::Test)?;
     let n = req.n;

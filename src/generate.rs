@@ -58,7 +58,12 @@ pub fn draw(model: &Model, req: &Request, mut frames: Option<(&mut Vec<Tensor>, 
         let noise = model.noise(b);
         let y = req.labels.map(|l| l.narrow(0, i * batch, b));
         let mut mine = vec![noise.to_device(Device::Cpu)];
-        let net = AsEps { net: model.net.as_ref(), prediction: model.prediction, scheduler: &model.scheduler };
+        let net = AsEps {
+            net: model.net.as_ref(),
+            prediction: model.prediction,
+            scheduler: &model.scheduler,
+            bf16: req.sampler.bf16 && crate::precision::bf16_available(model.device()),
+        };
         let x = sampler::sample(&net, &model.scheduler, noise, y.as_ref(), req.sampler, |j, _, x| {
             bar.inc(1);
             if keep_at.contains(&j) {

@@ -77,11 +77,18 @@ pub struct AsEps<'a> {
     pub net: &'a dyn Denoiser,
     pub prediction: Prediction,
     pub scheduler: &'a DdpmScheduler,
+    /// Run the network under bfloat16 autocast; its output comes back as float32.
+    pub bf16: bool,
 }
 
 impl Denoiser for AsEps<'_> {
     fn forward(&self, xs: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Tensor {
-        let out = self.net.forward(xs, t, labels);
+        let out = match self.bf16 {
+            true => crate::precision::with_bf16_autocast(xs.device(), || self.net.forward(xs, t, labels))
+                .map(|o| o.to_kind(Kind::Float))
+                .unwrap_or_else(|_| self.net.forward(xs, t, labels)),
+            false => self.net.forward(xs, t, labels),
+        };
         if self.prediction == Prediction::Eps {
             return out;
         }

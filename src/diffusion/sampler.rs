@@ -37,6 +37,8 @@ pub struct ReverseProcess {
     pub opts: StepOptions,
     /// Classifier-free guidance weight w: `eps_u + w (eps_c - eps_u)`; 1 = purely conditional.
     pub guidance: f64,
+    /// Run the network under bfloat16 autocast (where the device runs bf16; fp32 elsewhere).
+    pub bf16: bool,
 }
 
 /// The noise prediction, guided when labels are given and `w != 1`. Both halves are evaluated

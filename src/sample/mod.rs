@@ -61,6 +61,7 @@ pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
         tch::set_num_threads(cfg.threads as i32);
     }
     let device = device::resolve(&cfg.device)?;
+    cfg.sample.check_precision(device)?;
     let path = req.checkpoint.clone().unwrap_or_else(|| checkpoint::latest_path(&cfg.train.run_dir));
     if !path.exists() {
         bail!(UsageError(format!(

@@ -33,6 +33,9 @@ pub struct SampleConfig {
     /// What `ddpm sample` writes: `grid` (one PNG), `png-dir` (a PNG per sample) or `npz`
     /// (`arr_0` uint8 NHWC, `arr_1` labels).
     pub format: super::export::Format,
+    /// `fp32` or `bf16`: the network under bfloat16 autocast (CUDA, and CPUs whose oneDNN
+    /// runs bf16; `ddpm sample` and `ddpm eval` refuse it elsewhere, grids stay fp32 there).
+    pub precision: crate::train::options::Precision,
 }
 
 impl Default for SampleConfig {
@@ -50,6 +53,7 @@ impl Default for SampleConfig {
             guidance: 2.0,
             ema: true,
             format: super::export::Format::Grid,
+            precision: crate::train::options::Precision::Fp32,
         }
     }
 }
@@ -80,6 +84,18 @@ impl SampleConfig {
     }
 
     /// The reverse process these settings describe (guidance as configured).
+    /// `precision: bf16` where the device cannot run it is a one-line error.
+    pub fn check_precision(&self, device: tch::Device) -> Result<(), crate::error::UsageError> {
+        if self.precision == crate::train::options::Precision::Bf16 && !crate::precision::bf16_available(device) {
+            return Err(crate::error::UsageError(
+                "sample.precision = bf16: this CPU's oneDNN does not run bfloat16 (it needs AVX512-BF16 or AMX), \
+                 and bf16 emulated here is slower than fp32: use fp32, or a GPU"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn sampler_config(&self) -> ReverseProcess {
         self.reverse_process(self.sampler, self.steps)
     }
@@ -96,6 +112,7 @@ impl SampleConfig {
             sampler,
             opts: StepOptions { simple_var: self.simple_var, clip_x0: self.clip_x0 },
             guidance: self.guidance,
+            bf16: self.precision == crate::train::options::Precision::Bf16,
         }
     }
 }

@@ -210,6 +210,7 @@ fn ddim_eta_zero_is_deterministic_given_the_noise() {
         sampler: Sampler::Ddim { steps: 5, eta: 0.0, spacing: Spacing::Uniform },
         opts: StepOptions { simple_var: true, clip_x0: false },
         guidance: 1.0,
+        bf16: false,
     };
     let noise = Tensor::randn([2, 1, 28, 28], (Kind::Float, Device::Cpu));
     let mut visited = Vec::new();

@@ -112,3 +112,38 @@ fn warm_up_is_lr_times_step_over_warmup() {
         assert!((got - want).abs() < 1e-12, "{lrs:?}");
     }
 }
+
+/// `sample.precision: bf16`: where this CPU runs bf16, the samples differ from fp32's (the network
+/// really ran in bf16) but only a little; where it does not, a one-line refusal.
+#[test]
+fn bf16_sampling_is_close_to_fp32_or_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_mnist(&dir.path().join("data"), 64);
+    let cfg = common::tiny_config(dir.path());
+    let cfg = cfg.to_str().unwrap();
+    let o = common::ddpm(dir.path(), &["train", "--config", cfg, "--max-steps", "6"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let draw = |precision: &str| {
+        let t = dir.path().join(format!("{precision}.safetensors"));
+        let set = format!("sample.precision={precision}");
+        let args = ["sample", "--config", cfg, "--sampler", "ddim", "--steps", "10", "--eta", "0", "--set", &set];
+        let o = common::ddpm(dir.path(), &[&args[..], &["--save-tensor", t.to_str().unwrap()]].concat());
+        (o, t)
+    };
+    let (o, fp32) = draw("fp32");
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let (o, bf16) = draw("bf16");
+    if !precision::cpu_supports_bf16() {
+        assert_eq!(o.status.code(), Some(2));
+        assert!(common::stderr(&o).contains("sample.precision = bf16: this CPU's oneDNN does not run bfloat16"));
+        return;
+    }
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let (a, b) = (&common::tensors(&fp32)["samples"], &common::tensors(&bf16)["samples"]);
+    let diff: Vec<f32> = a.iter().zip(b).map(|(x, y)| (x - y).abs()).collect();
+    let mean = diff.iter().sum::<f32>() / diff.len() as f32;
+    let max = diff.iter().cloned().fold(0.0, f32::max);
+    assert!(max > 0.0, "bf16 gave fp32's samples bit for bit: autocast did not act");
+    assert!(mean < 0.05, "bf16 samples are far from fp32's: mean |diff| {mean}, max {max}");
+    println!("bf16 vs fp32 samples: mean |diff| {mean}, max {max}");
+}
