@@ -9,6 +9,7 @@ use crate::diffusion::ddim::Spacing;
 use crate::diffusion::ddpm::StepOptions;
 use crate::diffusion::sampler::{ReverseProcess, Sampler};
 use crate::generate::{self, Request};
+use crate::model::Denoiser;
 use crate::spec::ModelSpec;
 use crate::train::options::Precision;
 use crate::train::step::{derived_seed, Learner, Shard, SEED_EPOCH, SEED_STEP};
@@ -24,6 +25,9 @@ pub struct BenchResult {
     pub threads: i32,
     /// Compute streams of the training step (see `streams` in options.yml).
     pub streams: usize,
+    /// `train.precision` and `sample.precision` as they ran (`bf16` only where the device has it).
+    pub train_precision: String,
+    pub sample_precision: String,
     pub network: String,
     pub image_shape: [i64; 3],
     /// `(batch, seconds per step, images per second)`.
@@ -79,6 +83,10 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
         tch::set_num_threads(cfg.threads as i32);
     }
     let device = device::resolve(&cfg.device)?;
+    let ran_as = |p: Precision| match p == Precision::Bf16 && crate::precision::bf16_available(device) {
+        true => "bf16".to_string(),
+        false => "fp32".to_string(),
+    };
     let spec = ModelSpec::from_config(cfg);
     let [c, h, w] = spec.image_shape;
     let classes = cfg.network.num_classes().max(1);
@@ -132,6 +140,8 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
         device: device::describe(device),
         threads: tch::get_num_threads(),
         streams,
+        train_precision: ran_as(cfg.train.precision),
+        sample_precision: ran_as(cfg.sample.precision),
         network: cfg.network.describe(),
         image_shape: spec.image_shape,
         train,
@@ -151,7 +161,15 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
         result.peak_rss_mib = peak_rss_mib();
         return Ok(result);
     }
-    let (ddpm, net) = (&model.scheduler, &model.net);
+    let ddpm = &model.scheduler;
+    // The network as the samplers run it: under bf16 autocast with `sample.precision: bf16`.
+    let bf16 = cfg.sample.precision == Precision::Bf16 && crate::precision::bf16_available(device);
+    let net = crate::diffusion::prediction::AsEps {
+        net: model.net.as_ref(),
+        prediction: crate::diffusion::prediction::Prediction::Eps,
+        scheduler: ddpm,
+        bf16,
+    };
     let x = model.noise(81);
     let t = Tensor::full([81], 500, (Kind::Int64, device));
     for _ in 0..3 {

@@ -1,5 +1,13 @@
-"""The PyTorch side of `scripts/bench.sh`: the demo's UNet and training loop in eager mode, with
-the channels-last memory format, and under torch.compile, at the same thread count as ddpm.
+"""The PyTorch side of `scripts/bench.sh`: the demo's UNet and training loop at the same thread
+count as ddpm, in several variants:
+  eager           the demo as written
+  channels_last   the channels-last memory format
+  compile         torch.compile
+  fused           channels-last with Adam(fused=True), PyTorch's fastest eager training step
+  compile_frozen  torch.compile with torch._inductor.config.freezing = True (weights folded and
+                  pre-packed for inference: PyTorch's best inference on a CPU)
+  bf16            channels-last eager under bfloat16 autocast (training and inference), where the
+                  device runs bf16 (skipped elsewhere)
 Measures what `ddpm bench` measures and writes JSON.
 
 usage: bench_pytorch.py --threads N --data DIR --json OUT [--repeats R] [--variants eager,channels_last,compile]
@@ -7,6 +15,7 @@ usage: bench_pytorch.py --threads N --data DIR --json OUT [--repeats R] [--varia
 """
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
@@ -42,17 +51,38 @@ def timed(fn, repeats):
     return statistics.median(times)
 
 
+def bf16_supported():
+    if DEVICE.startswith("cuda"):
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
 def bench_variant(name, repeats):
     torch.manual_seed(0)
     net = UNet(1000, (1, 28, 28)).to(DEVICE)
     ddpm = DDPM(DEVICE)
-    fmt = torch.channels_last if name == "channels_last" else torch.contiguous_format
+    last = name in ("channels_last", "fused", "bf16")
+    fmt = torch.channels_last if last else torch.contiguous_format
     net = net.to(memory_format=fmt)
-    opt = torch.optim.Adam(net.parameters(), 1e-3)
-    model = torch.compile(net) if name == "compile" else net
+    opt = torch.optim.Adam(net.parameters(), 1e-3, fused=(name == "fused") or None)
+    if name in ("compile", "compile_frozen"):
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = name == "compile_frozen"
+    model = torch.compile(net) if name in ("compile", "compile_frozen") else net
+    device_type = "cuda" if DEVICE.startswith("cuda") else "cpu"
+
+    def autocast():
+        if name == "bf16":
+            return torch.autocast(device_type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def step(x):
-        return ddpm.train_step(model, opt, x).item()
+        with autocast():
+            return ddpm.train_step(model, opt, x).item()
 
     out = {"train": []}
     for batch in (128, 512):
@@ -64,7 +94,7 @@ def bench_variant(name, repeats):
         print(f"{name}: train step at batch {batch}: {s:.3f} s ({batch / s:.0f} images/s)", flush=True)
     x = torch.randn(81, 1, 28, 28, device=DEVICE).contiguous(memory_format=fmt)
     t = torch.full((81,), 500, device=DEVICE)
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         for _ in range(3):
             model(x, t)
         out["forward81_sec"] = timed(lambda: model(x, t), max(repeats, 5))
@@ -137,6 +167,9 @@ def main():
     # High-water mark of training on MNIST alone (the demo's pipeline), before the variants.
     result["train_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for v in a.variants.split(","):
+        if v == "bf16" and not bf16_supported():
+            print("bf16: this CPU's oneDNN does not run bfloat16: skipped", flush=True)
+            continue
         result["variants"][v] = bench_variant(v, a.repeats)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if DEVICE.startswith("cuda"):
