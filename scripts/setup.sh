@@ -43,6 +43,13 @@ if ! .venv/bin/python -c 'import tensorboard' 2>/dev/null; then
   log "installing tensorboard into .venv"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "tensorboard==2.21.0"
 fi
+# pytorch-fid (with torchvision, scipy, pillow) is the reference the Inception FID is tested
+# against (its network and Frechet distance; no weights needed). --no-deps keeps torch as it is.
+if ! .venv/bin/python -c 'import pytorch_fid, torchvision, scipy, PIL' 2>/dev/null; then
+  log "installing pytorch-fid, torchvision, scipy and pillow into .venv"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps "torchvision==0.28.0" "pytorch-fid==0.3.0"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check scipy pillow
+fi
 # The CUDA runtime headers in the wheel's nvidia packages lack crt/ and nv/target, which
 # compiling against ProcessGroupNCCL.hpp (the NCCL backend of data-parallel training) needs;
 # nvidia-cuda-crt and nvidia-cuda-cccl of the same CUDA release have them (3 MB).

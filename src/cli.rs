@@ -79,7 +79,8 @@ pub struct EvalArgs {
     /// Checkpoint to evaluate (default: the run_dir's latest).
     #[arg(long, value_name = "PATH")]
     pub checkpoint: Option<PathBuf>,
-    /// Evaluate a tensor written by `ddpm sample --save-tensor` instead.
+    /// Evaluate saved samples instead: a tensor written by `ddpm sample --save-tensor`, or with
+    /// --metric fid also an .npz (arr_0 uint8 NHWC) or a folder of pictures.
     #[arg(long, value_name = "PATH", conflicts_with = "checkpoint")]
     pub samples: Option<PathBuf>,
     /// Number of samples (and of real test images in each reference set).
@@ -94,6 +95,23 @@ pub struct EvalArgs {
     /// Also write the result as JSON here.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
+    /// cnn (ddpm's own classifier features against the test split: MNIST-like sets) or fid
+    /// (Inception FID as pytorch-fid computes it, with the Inception Score; needs --inception).
+    #[arg(long, value_parser = ["cnn", "fid"], default_value = "cnn")]
+    pub metric: String,
+    /// --metric fid: the FID Inception weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth
+    /// or its safetensors conversion). Default: <dataset.root>/pt_inception-2015-12-05-6726825d.pth.
+    #[arg(long, value_name = "PATH")]
+    pub inception: Option<PathBuf>,
+    /// --metric fid: the reference set: an .npz of statistics (mu, sigma) or of images (arr_0),
+    /// a folder of pictures, or a .safetensors of samples. Default: N training images of the
+    /// configured dataset (statistics cached under dataset.root).
+    #[arg(long = "ref", value_name = "PATH")]
+    pub reference: Option<PathBuf>,
+    /// --metric fid: accept weights other than the official ones (the number is then not
+    /// comparable with anyone's).
+    #[arg(long)]
+    pub inception_any_weights: bool,
 }
 
 #[derive(Debug, Args)]

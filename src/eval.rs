@@ -22,6 +22,11 @@ pub struct EvalRequest {
     pub samples: Option<PathBuf>,
     pub n: i64,
     pub json: Option<PathBuf>,
+    /// `--metric fid`: the Inception weights, the reference set, and whether other weights
+    /// than the official ones are accepted.
+    pub inception: Option<PathBuf>,
+    pub reference: Option<PathBuf>,
+    pub inception_any_weights: bool,
 }
 
 /// One evaluation.
@@ -81,7 +86,19 @@ pub fn eval(cfg: &Config, req: &EvalRequest) -> Result<EvalResult> {
     let clf = score::classifier_for(&cfg.dataset, &train, &test, device)?;
 
     let started = Instant::now();
-    let (xs, labels, ckpt_name, sampler, steps) = match &req.samples {
+    let (xs, labels, ckpt_name, sampler, steps) = draw_or_read(cfg, req, device, n)?;
+    let sample_seconds = started.elapsed().as_secs_f64();
+    let sc = score::score_samples(&clf, &test, &xs, labels.as_ref());
+    let result = EvalResult { checkpoint: ckpt_name, sampler, steps, n, seed: cfg.seed, scores: sc, sample_seconds };
+    record(cfg, req, "evals.jsonl", &serde_json::to_string(&result)?)?;
+    Ok(result)
+}
+
+type Drawn = (Tensor, Option<Tensor>, String, String, usize);
+
+/// The samples to score: read from `--samples` (a ddpm tensor) or drawn from the checkpoint.
+fn draw_or_read(cfg: &Config, req: &EvalRequest, device: tch::Device, n: i64) -> Result<Drawn> {
+    Ok(match &req.samples {
         Some(p) => {
             let t = Tensor::read_safetensors(p).with_context(|| format!("reading samples {}", p.display()))?;
             let xs = t.into_iter().find(|(k, _)| k == "samples").map(|(_, v)| v);
@@ -121,19 +138,163 @@ pub fn eval(cfg: &Config, req: &EvalRequest) -> Result<EvalResult> {
             let xs = generate::draw(&loaded.model, &req, None);
             (xs, labels, path.display().to_string(), cfg.sample.sampler.to_string(), steps)
         }
-    };
-    let sample_seconds = started.elapsed().as_secs_f64();
-    let sc = score::score_samples(&clf, &test, &xs, labels.as_ref());
-    let result = EvalResult { checkpoint: ckpt_name, sampler, steps, n, seed: cfg.seed, scores: sc, sample_seconds };
-    let line = serde_json::to_string(&result)?;
+    })
+}
+
+/// Appends a result line to the run's `file` (evals.jsonl, fid.jsonl; for the run's own latest
+/// checkpoint) and writes it to `--json`.
+fn record(cfg: &Config, req: &EvalRequest, file: &str, line: &str) -> Result<()> {
     if req.samples.is_none() && req.checkpoint.is_none() {
-        let path = cfg.train.run_dir.join("evals.jsonl");
-        fsutil::append_line(&path, &line)?;
+        let path = cfg.train.run_dir.join(file);
+        fsutil::append_line(&path, line)?;
         tracing::info!("appended to {}", path.display());
     }
     if let Some(p) = &req.json {
         crate::fsutil::write_atomic(p, format!("{line}\n").as_bytes())
             .with_context(|| format!("writing {}", p.display()))?;
     }
+    Ok(())
+}
+
+/// One Inception FID evaluation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FidResult {
+    pub metric: &'static str,
+    pub samples: String,
+    pub reference: String,
+    pub sampler: String,
+    pub steps: usize,
+    pub n: i64,
+    pub n_reference: i64,
+    pub seed: u64,
+    pub fid: f64,
+    /// Inception Score of the samples (one split), where the weights have the logits head.
+    pub inception_score: Option<f64>,
+    pub sample_seconds: f64,
+    pub feature_seconds: f64,
+}
+
+/// The FID result as a terminal table.
+pub fn fid_table(r: &FidResult) -> String {
+    let mut s = format!(
+        "{} | {} ({} steps) | N = {} against {} reference images ({}) | seed {}\n",
+        r.samples, r.sampler, r.steps, r.n, r.n_reference, r.reference, r.seed
+    );
+    s += &format!("{:<34} {:>12.3}\n", "FID (Inception, pytorch-fid)", r.fid);
+    if let Some(is) = r.inception_score {
+        s += &format!("{:<34} {:>12.3}\n", "Inception Score (1 split)", is);
+    }
+    s
+}
+
+/// `ddpm eval --metric fid`.
+pub fn eval_fid(cfg: &Config, req: &EvalRequest) -> Result<FidResult> {
+    use crate::score::{fid, inception::Inception, metrics};
+    if cfg.threads > 0 {
+        tch::set_num_threads(cfg.threads as i32);
+    }
+    let device = device::resolve(&cfg.device)?;
+    cfg.sample.check_precision(device)?;
+    let n = req.n;
+    if n < 2 {
+        bail!(UsageError(format!("--n {n}: use at least 2 (10,000 to 50,000 for numbers others report)")));
+    }
+    let weights =
+        req.inception.clone().unwrap_or_else(|| cfg.dataset.root.join("pt_inception-2015-12-05-6726825d.pth"));
+    let net = Inception::load(&weights, device, req.inception_any_weights)?;
+    let batch = cfg.sample.batch_size.clamp(1, 200);
+    // The samples, as uint8 pixels (quantised as a PNG would be).
+    let started = Instant::now();
+    let (pixels, name, sampler, steps) = match &req.samples {
+        Some(p) if p.extension().is_none_or(|e| e != "safetensors") => {
+            let px = fid::load_images(p)?;
+            if px.size()[0] < n {
+                bail!(UsageError(format!("{} holds {} images, fewer than --n {n}", p.display(), px.size()[0])));
+            }
+            (px.narrow(0, 0, n), p.display().to_string(), "saved".to_string(), 0)
+        }
+        _ => {
+            let (xs, _, name, sampler, steps) = draw_or_read(cfg, req, device, n)?;
+            (crate::grid::to_pixels(&xs), name, sampler, steps)
+        }
+    };
+    let sample_seconds = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let out = net.features_u8(&pixels, batch, "Inception (samples)");
+    let inception_score = out.logits.as_ref().map(|l| metrics::classifier_score(&l.softmax(-1, tch::Kind::Double)));
+    let (mu1, s1) = metrics::gaussian_stats(&out.pool);
+    // The reference statistics.
+    let (mu2, s2, n_ref, ref_name) = match &req.reference {
+        Some(p) if fid::is_stats_file(p) => {
+            let (mu, s) = fid::read_stats(p)?;
+            (mu, s, 0, format!("statistics {}", p.display()))
+        }
+        Some(p) => {
+            let px = fid::load_images(p)?;
+            let f = net.features_u8(&px, batch, "Inception (reference)").pool;
+            let (mu, s) = metrics::gaussian_stats(&f);
+            (mu, s, px.size()[0], p.display().to_string())
+        }
+        None => {
+            let train = data::load(&cfg.dataset, Split::Train)?;
+            let k = n.min(train.len());
+            let [c, h, w] = train.image_shape();
+            let sha = if req.inception_any_weights {
+                "any".to_string()
+            } else {
+                crate::score::inception::WEIGHTS_SHA256_PREFIX.into()
+            };
+            let cache = cfg.dataset.root.join(format!(
+                "fid-stats-{}-{c}x{h}x{w}-train-{k}-{sha}.npz",
+                match cfg.dataset.name {
+                    data::DatasetName::Folder => format!(
+                        "folder-{}",
+                        cfg.dataset.path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default()
+                    ),
+                    name => name.as_str().to_string(),
+                }
+            ));
+            let stats = match (req.inception_any_weights, cache.exists()) {
+                (false, true) => Some(fid::read_stats(&cache)?),
+                _ => None,
+            };
+            let (mu, s) = match stats {
+                Some(st) => {
+                    tracing::info!("reference statistics from {}", cache.display());
+                    st
+                }
+                None => {
+                    // The first k images of a permutation seeded by the run's seed.
+                    tch::manual_seed(cfg.seed as i64);
+                    let idx = Tensor::randperm(train.len(), (tch::Kind::Int64, tch::Device::Cpu)).narrow(0, 0, k);
+                    let f =
+                        net.features_u8(&train.images.index_select(0, &idx), batch, "Inception (training images)").pool;
+                    let (mu, s) = metrics::gaussian_stats(&f);
+                    if !req.inception_any_weights {
+                        fid::write_mu_sigma(&cache, &mu, &s)?;
+                        tracing::info!("reference statistics cached in {}", cache.display());
+                    }
+                    (mu, s)
+                }
+            };
+            (mu, s, k, format!("{} training images", cfg.dataset.name))
+        }
+    };
+    let fid_value = metrics::frechet_distance(&mu1, &s1, &mu2, &s2);
+    let result = FidResult {
+        metric: "fid",
+        samples: name,
+        reference: ref_name,
+        sampler,
+        steps,
+        n,
+        n_reference: n_ref,
+        seed: cfg.seed,
+        fid: fid_value,
+        inception_score,
+        sample_seconds,
+        feature_seconds: started.elapsed().as_secs_f64(),
+    };
+    record(cfg, req, "fid.jsonl", &serde_json::to_string(&result)?)?;
     Ok(result)
 }

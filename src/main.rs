@@ -58,9 +58,17 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 samples: a.samples.clone(),
                 n: a.n,
                 json: a.json.clone(),
+                inception: a.inception.clone(),
+                reference: a.reference.clone(),
+                inception_any_weights: a.inception_any_weights,
             };
-            let r = ddpm::eval::eval(&cfg, &req)?;
-            emit(&format!("{}\n", ddpm::eval::table(&r)))?;
+            if a.metric == "fid" {
+                let r = ddpm::eval::eval_fid(&cfg, &req)?;
+                emit(&format!("{}\n", ddpm::eval::fid_table(&r)))?;
+            } else {
+                let r = ddpm::eval::eval(&cfg, &req)?;
+                emit(&format!("{}\n", ddpm::eval::table(&r)))?;
+            }
         }
         Command::Bench(a) => {
             let r = ddpm::bench::run(&cfg, a.repeats.max(1), a.epoch_steps, &a.batches, !a.no_sampling)?;

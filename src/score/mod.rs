@@ -5,6 +5,8 @@
 //! same number for other real test images, since these numbers depend strongly on N.
 
 pub mod classifier;
+pub mod fid;
+pub mod inception;
 pub mod metrics;
 
 use crate::data::{self, DatasetConfig};

@@ -14,6 +14,7 @@ mod dist;
 mod eval;
 mod export;
 mod features;
+mod fid;
 mod folder;
 mod gpu_scripts;
 mod inspect;

@@ -1,0 +1,104 @@
+//! Inception FID as pytorch-fid computes it: 2048-d pool features of uint8 images through
+//! [`super::inception::Inception`], Gaussian statistics in f64 (mean and unbiased covariance),
+//! and the Fréchet distance of [`super::metrics::frechet_distance`] (the matrix square root by
+//! a symmetric eigendecomposition, which stays finite for singular covariances). Statistics
+//! are stored as `.npz` files with `mu` and `sigma`, pytorch-fid's format, so either tool reads
+//! the other's.
+//!
+//! Image sets come from ddpm's sample tensors (`samples`, float in [-1, 1], quantised to uint8
+//! as a PNG would be), from an `.npz` whose `arr_0` is uint8 `[N, H, W, C]`, or from a folder of
+//! pictures (all of one size).
+
+use super::metrics;
+use crate::data::folder;
+use crate::error::UsageError;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+/// Writes the statistics of `feats: [N, D]` as pytorch-fid's `.npz` (`mu`, `sigma`, float64).
+pub fn write_stats(path: &Path, feats: &Tensor) -> Result<()> {
+    let (mu, sigma) = metrics::gaussian_stats(feats);
+    write_mu_sigma(path, &mu, &sigma)
+}
+
+/// Writes `mu` and `sigma` as pytorch-fid's `.npz`, atomically.
+pub fn write_mu_sigma(path: &Path, mu: &Tensor, sigma: &Tensor) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let tmp = crate::fsutil::temp_path(path).with_extension("npz");
+    Tensor::write_npz(&[("mu", mu.to_kind(Kind::Double)), ("sigma", sigma.to_kind(Kind::Double))], &tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Reads `mu` and `sigma` from a pytorch-fid statistics file.
+pub fn read_stats(path: &Path) -> Result<(Tensor, Tensor)> {
+    let named = Tensor::read_npz(path).map_err(|e| {
+        UsageError(format!("{}: not an .npz ({})", path.display(), e.to_string().lines().next().unwrap_or("")))
+    })?;
+    let get = |k: &str| named.iter().find(|(n, _)| n == k).map(|(_, t)| t.to_kind(Kind::Double));
+    match (get("mu"), get("sigma")) {
+        (Some(mu), Some(sigma)) => Ok((mu, sigma)),
+        _ => bail!(UsageError(format!("{}: an .npz of statistics needs 'mu' and 'sigma'", path.display()))),
+    }
+}
+
+/// Whether an `.npz` holds statistics (`mu`, `sigma`) rather than images (`arr_0`).
+pub fn is_stats_file(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "npz")
+        && Tensor::read_npz(path).is_ok_and(|v| v.iter().any(|(n, _)| n == "mu") && v.iter().any(|(n, _)| n == "sigma"))
+}
+
+/// uint8 images `[N, C, H, W]` from a ddpm sample tensor, an `.npz` (`arr_0`, NHWC) or a
+/// folder of pictures.
+pub fn load_images(path: &Path) -> Result<Tensor> {
+    if path.is_dir() {
+        let (files, _) = folder::list(path)?;
+        let Some(first) = files.first() else {
+            bail!(UsageError(format!("{}: no pictures found", path.display())));
+        };
+        let probe =
+            image::open(path.join(first)).map_err(|e| UsageError(format!("{}: {e}", path.join(first).display())))?;
+        let (w, h) = (probe.width() as i64, probe.height() as i64);
+        let c = if probe.color().has_color() { 3 } else { 1 };
+        let mut bytes = Vec::with_capacity(files.len() * (c * h * w) as usize);
+        for f in &files {
+            let b = folder::decode(&path.join(f), [c, h, w], folder::Resize::Stretch)
+                .map_err(|e| UsageError(format!("{}: {e}", path.join(f).display())))?;
+            bytes.extend_from_slice(&b);
+        }
+        return Ok(Tensor::from_slice(&bytes).view([files.len() as i64, c, h, w]));
+    }
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    match ext {
+        "npz" => {
+            let named = Tensor::read_npz(path).map_err(|e| {
+                UsageError(format!("{}: not an .npz ({})", path.display(), e.to_string().lines().next().unwrap_or("")))
+            })?;
+            let arr = named.into_iter().find(|(n, _)| n == "arr_0").map(|(_, t)| t);
+            let arr = arr.with_context(|| UsageError(format!("{}: no 'arr_0' images in this .npz", path.display())))?;
+            if arr.kind() != Kind::Uint8 || arr.dim() != 4 {
+                bail!(UsageError(format!(
+                    "{}: arr_0 is {:?} {:?}; expected uint8 [N, H, W, C] images",
+                    path.display(),
+                    arr.kind(),
+                    arr.size()
+                )));
+            }
+            Ok(arr.permute([0, 3, 1, 2]).contiguous())
+        }
+        "safetensors" => {
+            let named = Tensor::read_safetensors(path).with_context(|| format!("reading samples {}", path.display()))?;
+            let xs = named.into_iter().find(|(k, _)| k == "samples").map(|(_, v)| v);
+            let xs = xs.with_context(|| UsageError(format!("{}: no tensor named 'samples'", path.display())))?;
+            Ok(crate::grid::to_pixels(&xs))
+        }
+        _ => bail!(UsageError(format!(
+            "{}: expected a folder of pictures, an .npz (arr_0 uint8 NHWC, or mu/sigma statistics) or a .safetensors of samples",
+            path.display()
+        ))),
+    }
+}

@@ -1,0 +1,213 @@
+//! Inception FID against pytorch-fid itself (installed in the venv from PyPI, no real weights):
+//! the same randomly initialised FID-Inception weights, saved from pytorch-fid's own `InceptionV3`
+//! module, give the same features; the Fréchet distance equals `calculate_frechet_distance`;
+//! statistics written by ddpm load with pytorch-fid's loader; a wrong weights file is refused
+//! with the expected checksum named.
+
+use crate::common;
+
+use ddpm::score::inception::Inception;
+use std::process::Command;
+use tch::{Device, Kind, Tensor};
+
+/// pytorch-fid's InceptionV3 (block 3, 2048-d) with random weights in place of the download:
+/// writes the weights (official names), random images of three shapes and pytorch-fid's
+/// features of them.
+const MAKE: &str = r#"
+import sys, torch
+import pytorch_fid.inception as fi
+from safetensors.torch import save_file
+out = sys.argv[1]
+torch.manual_seed(0)
+net = fi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+net.Mixed_5b = fi.FIDInceptionA(192, pool_features=32)
+net.Mixed_5c = fi.FIDInceptionA(256, pool_features=64)
+net.Mixed_5d = fi.FIDInceptionA(288, pool_features=64)
+net.Mixed_6b = fi.FIDInceptionC(768, channels_7x7=128)
+net.Mixed_6c = fi.FIDInceptionC(768, channels_7x7=160)
+net.Mixed_6d = fi.FIDInceptionC(768, channels_7x7=160)
+net.Mixed_6e = fi.FIDInceptionC(768, channels_7x7=192)
+net.Mixed_7b = fi.FIDInceptionE_1(1280)
+net.Mixed_7c = fi.FIDInceptionE_2(2048)
+for m in net.modules():
+    if isinstance(m, torch.nn.Conv2d):
+        torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    elif isinstance(m, torch.nn.BatchNorm2d):
+        m.running_mean.uniform_(-0.2, 0.2); m.running_var.uniform_(0.5, 1.5)
+        m.weight.data.uniform_(0.5, 1.5); m.bias.data.uniform_(-0.2, 0.2)
+state = {k: v for k, v in net.state_dict().items() if v.is_floating_point()}
+fi.load_state_dict_from_url = lambda *a, **k: net.state_dict()
+model = fi.InceptionV3([3]).eval()
+save_file({k: v.contiguous() for k, v in state.items()}, f"{out}/weights.safetensors")
+imgs, feats = {}, {}
+for name, shape in [("rgb32", (3, 3, 32, 32)), ("grey28", (3, 1, 28, 28)), ("rgb64", (2, 3, 64, 64))]:
+    x = torch.randint(0, 256, shape, dtype=torch.uint8)
+    imgs[name] = x
+    x3 = x.float() / 255
+    if x3.shape[1] == 1:
+        x3 = x3.repeat(1, 3, 1, 1)
+    with torch.no_grad():
+        feats[name] = model(x3)[0].flatten(1)
+save_file(imgs, f"{out}/images.safetensors")
+save_file(feats, f"{out}/features.safetensors")
+"#;
+
+#[test]
+fn inception_features_match_pytorch_fid() {
+    let Some(py) = common::venv_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(&py).args(["-c", MAKE, dir.path().to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let net = Inception::load(&dir.path().join("weights.safetensors"), Device::Cpu, true).unwrap();
+    let read = |f: &str| -> std::collections::HashMap<String, Tensor> {
+        Tensor::read_safetensors(dir.path().join(f)).unwrap().into_iter().collect()
+    };
+    let (imgs, feats) = (read("images.safetensors"), read("features.safetensors"));
+    for name in ["rgb32", "grey28", "rgb64"] {
+        let ours = net.features_u8(&imgs[name], 2, "test").pool;
+        let theirs = &feats[name];
+        assert_eq!(ours.size(), theirs.size(), "{name}");
+        let scale = theirs.abs().max().double_value(&[]);
+        let diff = (&ours - theirs).abs().max().double_value(&[]);
+        assert!(scale > 1e-2, "{name}: features too small to compare ({scale})");
+        assert!(diff / scale < 1e-4, "{name}: features differ by {diff} (scale {scale})");
+    }
+    // The weights include torchvision's `fc` (1008 classes): logits for the Inception Score.
+    let logits = net.forward(&Tensor::zeros([1, 3, 32, 32], (Kind::Float, Device::Cpu))).logits.unwrap();
+    assert_eq!(logits.size(), [1, 1008]);
+}
+
+#[test]
+fn frechet_distance_and_stats_files_agree_with_pytorch_fid() {
+    let Some(py) = common::venv_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    tch::manual_seed(7);
+    let a = Tensor::randn([300, 64], (Kind::Double, Device::Cpu));
+    let b = Tensor::randn([300, 64], (Kind::Double, Device::Cpu)) * 1.3 + 0.2;
+    let b = b.matmul(
+        &(Tensor::eye(64, (Kind::Double, Device::Cpu)) + Tensor::randn([64, 64], (Kind::Double, Device::Cpu)) * 0.1),
+    );
+    let ours = ddpm::score::metrics::frechet_distance_of(&a, &b);
+    let (pa, pb) = (dir.path().join("a.npz"), dir.path().join("b.npz"));
+    ddpm::score::fid::write_stats(&pa, &a).unwrap();
+    ddpm::score::fid::write_stats(&pb, &b).unwrap();
+    Tensor::write_npz(&[("a", &a), ("b", &b)], dir.path().join("feats.npz")).unwrap();
+    let script = format!(
+        "import numpy as np\nfrom pytorch_fid.fid_score import calculate_frechet_distance\n\
+         f = np.load(r'{d}/feats.npz')\na, b = f['a'], f['b']\n\
+         mu1, s1, mu2, s2 = a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)\n\
+         sa, sb = np.load(r'{d}/a.npz'), np.load(r'{d}/b.npz')\n\
+         assert np.allclose(sa['mu'], mu1, rtol=0, atol=1e-12) and np.allclose(sa['sigma'], s1, rtol=0, atol=1e-12)\n\
+         assert sa['mu'].dtype == np.float64 and sa['sigma'].shape == (64, 64)\n\
+         print(float(calculate_frechet_distance(mu1, s1, mu2, s2)), float(calculate_frechet_distance(sa['mu'], sa['sigma'], sb['mu'], sb['sigma'])))\n",
+        d = dir.path().display()
+    );
+    let o = Command::new(&py).args(["-c", &script]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let vals: Vec<f64> = out.split_whitespace().map(|v| v.parse().unwrap()).collect();
+    for theirs in vals {
+        assert!((ours - theirs).abs() / theirs < 1e-6, "ours {ours}, pytorch-fid {theirs}");
+    }
+    // And the stats read back by ddpm give the same distance.
+    let (m1, s1) = ddpm::score::fid::read_stats(&pa).unwrap();
+    let (m2, s2) = ddpm::score::fid::read_stats(&pb).unwrap();
+    let again = ddpm::score::metrics::frechet_distance(&m1, &s1, &m2, &s2);
+    assert!((again - ours).abs() / ours < 1e-12);
+}
+
+#[test]
+fn wrong_or_truncated_weights_name_the_expected_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let pth = dir.path().join("pt_inception.pth");
+    std::fs::write(&pth, b"PK\x03\x04 truncated").unwrap();
+    let err = format!("{:#}", Inception::load(&pth, Device::Cpu, false).err().unwrap());
+    assert!(err.contains("expected one beginning with 6726825d") && err.lines().count() == 1, "{err}");
+    let missing = format!("{:#}", Inception::load(&dir.path().join("nope.pth"), Device::Cpu, false).err().unwrap());
+    assert!(missing.contains("pt_inception-2015-12-05-6726825d.pth") && missing.contains("--inception"), "{missing}");
+    // A conversion without the official source recorded.
+    let st = dir.path().join("w.safetensors");
+    Tensor::write_safetensors(&[("fc.bias", &Tensor::zeros([3], (Kind::Float, Device::Cpu)))], &st).unwrap();
+    let err = format!("{:#}", Inception::load(&st, Device::Cpu, false).err().unwrap());
+    assert!(err.contains("no source_sha256 recorded") && err.contains("6726825d"), "{err}");
+    // Accepted without the check, it still must have every tensor.
+    let err = format!("{:#}", Inception::load(&st, Device::Cpu, true).err().unwrap());
+    assert!(err.contains("lack 'Conv2d_1a_3x3.conv.weight'") || err.contains("lack '"), "{err}");
+}
+
+/// `ddpm eval --metric fid` end to end on a CIFAR-10-format run (files written here) with
+/// pytorch-fid's network at random weights: the FID of the samples against the training images,
+/// the Inception Score, the JSON; and an image set against itself (npz against a PNG folder of
+/// the same pictures) scores 0.
+#[test]
+fn eval_metric_fid_end_to_end_on_cifar_format_files() {
+    let Some(py) = common::venv_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = Command::new(&py).args(["-c", MAKE, d.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    crate::data::write_cifar(&d.join("data/cifar-10-batches-bin"), 12);
+    let yml = format!(
+        "device: cpu\nseed: 2\ndataset:\n  name: cifar10\n  root: {root}\n  download: false\nddpm:\n  n_steps: 20\n\
+         network:\n  channels: [4, 8]\n  pe_dim: 8\ntrain:\n  batch_size: 8\n  n_epochs: 1\n  max_steps: 2\n  run_dir: {run}\n  grid_samples: 0\n\
+         sample:\n  sampler: ddim\n  steps: 5\n",
+        root = d.join("data").display(),
+        run = d.join("run").display()
+    );
+    std::fs::write(d.join("c.yml"), yml).unwrap();
+    let cfg = d.join("c.yml");
+    let cfg = cfg.to_str().unwrap();
+    let o = common::ddpm(d, &["train", "--config", cfg]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let w = d.join("weights.safetensors");
+    let json = d.join("fid.json");
+    let args = ["eval", "--config", cfg, "--metric", "fid", "-n", "12", "--inception", w.to_str().unwrap()];
+    // Without the flag, random weights are refused.
+    let o = common::ddpm(d, &args);
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    assert!(common::stderr(&o).contains("6726825d"), "{}", common::stderr(&o));
+    let o = common::ddpm(d, &[&args[..], &["--inception-any-weights", "--json", json.to_str().unwrap()]].concat());
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let fid = r["fid"].as_f64().unwrap();
+    assert!(fid.is_finite() && fid > 0.0, "{r}");
+    assert!(r["inception_score"].as_f64().unwrap() >= 1.0, "{r}");
+    assert_eq!((r["n"].as_i64(), r["n_reference"].as_i64()), (Some(12), Some(12)));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("FID (Inception, pytorch-fid)"));
+    assert!(d.join("run/fid.jsonl").exists());
+    // The same pictures as an npz and as a PNG folder: FID 0 (to rounding).
+    let o = common::ddpm(
+        d,
+        &["sample", "--config", cfg, "--format", "npz", "-n", "6", "--out", d.join("s.npz").to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let o = common::ddpm(
+        d,
+        &["sample", "--config", cfg, "--format", "png-dir", "-n", "6", "--out", d.join("s").to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let o = common::ddpm(
+        d,
+        &[
+            "eval",
+            "--config",
+            cfg,
+            "--metric",
+            "fid",
+            "-n",
+            "6",
+            "--inception",
+            w.to_str().unwrap(),
+            "--inception-any-weights",
+            "--samples",
+            d.join("s.npz").to_str().unwrap(),
+            "--ref",
+            d.join("s").to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(r["fid"].as_f64().unwrap().abs() < 1e-3, "{r}");
+}
