@@ -38,6 +38,15 @@ fn the_paper_configuration_has_the_papers_size() {
     assert_eq!(folder.image_shape(), [3, 64, 64]);
     assert_eq!(folder.network.unmatched_attention(folder.image_shape()), None);
     assert_eq!(params(&folder.network, [3, 64, 64]), 8_952_067);
+    // The fast MNIST preset: the demo network with the newer recipe.
+    let fast = preset("mnist-fast.yml");
+    assert_eq!(fast.network, ddpm::config::Config::default().network);
+    let t = &fast.train;
+    assert_eq!(
+        (t.prediction.as_str(), t.loss_weighting.as_str(), fast.ddpm.schedule.as_str()),
+        ("v", "min-snr", "cosine")
+    );
+    assert_eq!((fast.sample.sampler.as_str(), fast.sample.steps), ("dpm-solver++", 20));
 }
 
 fn small_unet(classes: i64) -> UnetConfig {
