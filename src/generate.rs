@@ -37,6 +37,10 @@ pub fn rows_of_labels(classes: i64, per: i64, device: Device) -> Tensor {
 /// if given, receives `k` evenly spaced snapshots of the whole set along the reverse process.
 pub fn draw(model: &Model, req: &Request, mut frames: Option<(&mut Vec<Tensor>, usize)>) -> Tensor {
     tch::manual_seed(req.seed as i64);
+    let mut process = *req.sampler;
+    if model.needs_x0_clipping() {
+        process.opts.clip_x0 = true;
+    }
     let steps = sampler::visited_steps(&model.scheduler, req.sampler.sampler).len();
     let batch = req.batch.clamp(1, req.n.max(1));
     let chunks = (req.n + batch - 1) / batch;
@@ -64,7 +68,7 @@ pub fn draw(model: &Model, req: &Request, mut frames: Option<(&mut Vec<Tensor>, 
             scheduler: &model.scheduler,
             bf16: req.sampler.bf16 && crate::precision::bf16_available(model.device()),
         };
-        let x = sampler::sample(&net, &model.scheduler, noise, y.as_ref(), req.sampler, |j, _, x| {
+        let x = sampler::sample(&net, &model.scheduler, noise, y.as_ref(), &process, |j, _, x| {
             bar.inc(1);
             if keep_at.contains(&j) {
                 mine.push(x.to_device(Device::Cpu));

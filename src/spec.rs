@@ -80,6 +80,15 @@ impl ModelSpec {
 }
 
 impl Model {
+    /// Whether every sampler must clamp its x0 estimate to [-1, 1] (`sample.clip_x0` forced on):
+    /// an eps-predicting model on a schedule whose last beta is large (the cosine schedule clips
+    /// it at 0.999). There the first reverse step divides the noise estimate by
+    /// sqrt(alpha_bar_T) ~ 3e-3 (DDIM, DPM-Solver++) or sqrt(alpha_T) ~ 0.03 (DDPM), and the
+    /// samples blow up, as improved-diffusion and diffusers avoid by clipping by default.
+    pub fn needs_x0_clipping(&self) -> bool {
+        self.prediction == Prediction::Eps && self.scheduler.schedule.betas.last().is_some_and(|&b| b > 0.5)
+    }
+
     pub fn device(&self) -> Device {
         self.vs.device()
     }
