@@ -225,16 +225,14 @@ pub fn eval_fid(cfg: &Config, req: &EvalRequest) -> Result<FidResult> {
     let (mu1, s1) = metrics::gaussian_stats(&out.pool);
     // The reference statistics.
     let (mu2, s2, n_ref, ref_name) = match &req.reference {
-        Some(p) if fid::is_stats_file(p) => {
-            let (mu, s) = fid::read_stats(p)?;
-            (mu, s, 0, format!("statistics {}", p.display()))
-        }
-        Some(p) => {
-            let px = fid::load_images(p)?;
-            let f = net.features_u8(&px, batch, "Inception (reference)").pool;
-            let (mu, s) = metrics::gaussian_stats(&f);
-            (mu, s, px.size()[0], p.display().to_string())
-        }
+        Some(p) => match fid::load_reference(p)? {
+            fid::Reference::Stats(mu, s) => (mu, s, 0, format!("statistics {}", p.display())),
+            fid::Reference::Images(px) => {
+                let f = net.features_u8(&px, batch, "Inception (reference)").pool;
+                let (mu, s) = metrics::gaussian_stats(&f);
+                (mu, s, px.size()[0], p.display().to_string())
+            }
+        },
         None => {
             let train = data::load(&cfg.dataset, Split::Train)?;
             let k = n.min(train.len());

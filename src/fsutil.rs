@@ -78,3 +78,13 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
+
+/// FNV-1a, 64 bits: a stable digest for cache keys and names (not for security).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}

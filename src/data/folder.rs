@@ -9,6 +9,7 @@
 
 use super::{DatasetConfig, ImageDataset, Split};
 use crate::error::UsageError;
+use crate::fsutil::fnv1a;
 use anyhow::{bail, Context, Result};
 use image::imageops::FilterType;
 use image::{ImageBuffer, Pixel};
@@ -139,15 +140,6 @@ pub fn load(cfg: &DatasetConfig, split: Split) -> Result<(ImageDataset, LoadStat
 /// Whether a file (by relative path) is held out for evaluation at this share.
 pub fn is_held_out(rel: &str, share: f64) -> bool {
     share > 0.0 && (fnv1a(rel.as_bytes()) % 1_000_000) < (share * 1e6) as u64
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 /// Picture files under `dir` (relative paths with `/`, sorted) and the count of other files;

@@ -34,22 +34,58 @@ pub fn write_mu_sigma(path: &Path, mu: &Tensor, sigma: &Tensor) -> Result<()> {
     Ok(())
 }
 
+fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    Ok(Tensor::read_npz(path).map_err(|e| {
+        UsageError(format!("{}: not an .npz ({})", path.display(), e.to_string().lines().next().unwrap_or("")))
+    })?)
+}
+
+/// `mu` and `sigma` of an `.npz`'s arrays, when it holds them.
+fn stats_of(named: &[(String, Tensor)]) -> Option<(Tensor, Tensor)> {
+    let get = |k: &str| named.iter().find(|(n, _)| n == k).map(|(_, t)| t.to_kind(Kind::Double));
+    Some((get("mu")?, get("sigma")?))
+}
+
 /// Reads `mu` and `sigma` from a pytorch-fid statistics file.
 pub fn read_stats(path: &Path) -> Result<(Tensor, Tensor)> {
-    let named = Tensor::read_npz(path).map_err(|e| {
-        UsageError(format!("{}: not an .npz ({})", path.display(), e.to_string().lines().next().unwrap_or("")))
-    })?;
-    let get = |k: &str| named.iter().find(|(n, _)| n == k).map(|(_, t)| t.to_kind(Kind::Double));
-    match (get("mu"), get("sigma")) {
-        (Some(mu), Some(sigma)) => Ok((mu, sigma)),
-        _ => bail!(UsageError(format!("{}: an .npz of statistics needs 'mu' and 'sigma'", path.display()))),
+    match stats_of(&read_npz(path)?) {
+        Some(st) => Ok(st),
+        None => bail!(UsageError(format!("{}: an .npz of statistics needs 'mu' and 'sigma'", path.display()))),
     }
 }
 
-/// Whether an `.npz` holds statistics (`mu`, `sigma`) rather than images (`arr_0`).
-pub fn is_stats_file(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "npz")
-        && Tensor::read_npz(path).is_ok_and(|v| v.iter().any(|(n, _)| n == "mu") && v.iter().any(|(n, _)| n == "sigma"))
+/// A reference set: statistics, or images to compute them from.
+pub enum Reference {
+    Stats(Tensor, Tensor),
+    Images(Tensor),
+}
+
+/// `--ref`: an `.npz` of statistics (`mu`, `sigma`), or images as [`load_images`] reads them;
+/// an `.npz` is read once.
+pub fn load_reference(path: &Path) -> Result<Reference> {
+    if !path.is_dir() && path.extension().is_some_and(|e| e == "npz") {
+        let named = read_npz(path)?;
+        return Ok(match stats_of(&named) {
+            Some((mu, sigma)) => Reference::Stats(mu, sigma),
+            None => Reference::Images(npz_images(path, named)?),
+        });
+    }
+    load_images(path).map(Reference::Images)
+}
+
+/// `arr_0` (uint8 NHWC) of an `.npz`'s arrays, as `[N, C, H, W]`.
+fn npz_images(path: &Path, named: Vec<(String, Tensor)>) -> Result<Tensor> {
+    let arr = named.into_iter().find(|(n, _)| n == "arr_0").map(|(_, t)| t);
+    let arr = arr.with_context(|| UsageError(format!("{}: no 'arr_0' images in this .npz", path.display())))?;
+    if arr.kind() != Kind::Uint8 || arr.dim() != 4 {
+        bail!(UsageError(format!(
+            "{}: arr_0 is {:?} {:?}; expected uint8 [N, H, W, C] images",
+            path.display(),
+            arr.kind(),
+            arr.size()
+        )));
+    }
+    Ok(arr.permute([0, 3, 1, 2]).contiguous())
 }
 
 /// uint8 images `[N, C, H, W]` from a ddpm sample tensor, an `.npz` (`arr_0`, NHWC) or a
@@ -74,22 +110,7 @@ pub fn load_images(path: &Path) -> Result<Tensor> {
     }
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     match ext {
-        "npz" => {
-            let named = Tensor::read_npz(path).map_err(|e| {
-                UsageError(format!("{}: not an .npz ({})", path.display(), e.to_string().lines().next().unwrap_or("")))
-            })?;
-            let arr = named.into_iter().find(|(n, _)| n == "arr_0").map(|(_, t)| t);
-            let arr = arr.with_context(|| UsageError(format!("{}: no 'arr_0' images in this .npz", path.display())))?;
-            if arr.kind() != Kind::Uint8 || arr.dim() != 4 {
-                bail!(UsageError(format!(
-                    "{}: arr_0 is {:?} {:?}; expected uint8 [N, H, W, C] images",
-                    path.display(),
-                    arr.kind(),
-                    arr.size()
-                )));
-            }
-            Ok(arr.permute([0, 3, 1, 2]).contiguous())
-        }
+        "npz" => npz_images(path, read_npz(path)?),
         "safetensors" => {
             let named = Tensor::read_safetensors(path).with_context(|| format!("reading samples {}", path.display()))?;
             let xs = named.into_iter().find(|(k, _)| k == "samples").map(|(_, v)| v);

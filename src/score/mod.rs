@@ -61,20 +61,10 @@ pub fn classifier_for(
         data::DatasetName::Folder => {
             let key = format!("{}|{:?}|{}", dataset.path.display(), dataset.image_shape(), dataset.resize.as_str());
             let stem = dataset.path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-            format!("folder-{stem}-{:08x}", fnv32(key.as_bytes()))
+            format!("folder-{stem}-{:016x}", crate::fsutil::fnv1a(key.as_bytes()))
         }
         n => n.as_str().to_string(),
     };
     let cache = dataset.root.join(format!("ddpm-classifier-{name}.safetensors"));
     classifier::load_or_train(&cache, train, test, device)
-}
-
-/// A small stable digest (FNV-1a folded to 32 bits) for cache names.
-fn fnv32(bytes: &[u8]) -> u32 {
-    let mut h = 0x811c_9dc5u32;
-    for &b in bytes {
-        h ^= b as u32;
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h
 }

@@ -210,4 +210,33 @@ fn eval_metric_fid_end_to_end_on_cifar_format_files() {
     assert!(o.status.success(), "{}", common::stderr(&o));
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert!(r["fid"].as_f64().unwrap().abs() < 1e-3, "{r}");
+    // --ref as pytorch-fid statistics (mu, sigma) of the PNG folder: 0 again, n_reference 0.
+    let net = Inception::load(&w, Device::Cpu, true).unwrap();
+    let px = ddpm::score::fid::load_images(&d.join("s")).unwrap();
+    let stats = d.join("stats.npz");
+    ddpm::score::fid::write_stats(&stats, &net.features_u8(&px, 3, "test").pool).unwrap();
+    let o = common::ddpm(
+        d,
+        &[
+            "eval",
+            "--config",
+            cfg,
+            "--metric",
+            "fid",
+            "-n",
+            "6",
+            "--inception",
+            w.to_str().unwrap(),
+            "--inception-any-weights",
+            "--samples",
+            d.join("s.npz").to_str().unwrap(),
+            "--ref",
+            stats.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(r["fid"].as_f64().unwrap().abs() < 1e-3 && r["n_reference"] == 0, "{r}");
 }

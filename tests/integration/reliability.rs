@@ -237,6 +237,12 @@ fn bad_inputs_through_the_binary() {
     check(&["sample", "--config", c, "--out", "file/x.png"], 2, &["cannot write file/x.png"]);
     check(&["sample", "--config", c, "--label", "x"], 2, &["--label", "unconditional model"]);
     check(&["sample", "--config", c, "--label", ""], 2, &["--label", "a class name or all"]);
+    check(&["sample", "--config", c, "--resume"], 2, &["--resume continues a png-dir or npz export"]);
+    check(
+        &["sample", "--config", c, "--format", "npz", "--process"],
+        2,
+        &["--process and --save-tensor go with --format grid"],
+    );
     // A checkpoint of another architecture without our metadata (as the demo writes them):
     // the first tensor that does not fit is named with both shapes.
     let ck = d.join("run/checkpoints/latest.safetensors");
