@@ -100,7 +100,8 @@ pub struct EvalArgs {
     #[arg(long, value_parser = ["cnn", "fid"], default_value = "cnn")]
     pub metric: String,
     /// --metric fid: the FID Inception weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth
-    /// or its safetensors conversion). Default: <dataset.root>/pt_inception-2015-12-05-6726825d.pth.
+    /// or its safetensors conversion). Default: eval.inception_weights, else
+    /// <dataset.root>/pt_inception-2015-12-05-6726825d.pth.
     #[arg(long, value_name = "PATH")]
     pub inception: Option<PathBuf>,
     /// --metric fid: the reference set: an .npz of statistics (mu, sigma) or of images (arr_0),
@@ -112,6 +113,12 @@ pub struct EvalArgs {
     /// comparable with anyone's).
     #[arg(long)]
     pub inception_any_weights: bool,
+    /// Share the work among N local processes (one GPU each on a multi-GPU machine; the cores
+    /// shared on the CPU): batch k of sample.batch_size images is drawn by process k mod N
+    /// from noise seeded by (seed, k), so the samples and the score are the same for any N.
+    /// Rank 0 gathers the features and writes the result. torchrun-style launches work too.
+    #[arg(long, value_name = "N")]
+    pub nproc: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -237,6 +244,11 @@ pub struct SampleArgs {
     /// snapshot) and <out>.process.gif.
     #[arg(long)]
     pub process: bool,
+    /// --format png-dir or npz: share the export among N local processes (one GPU each on a
+    /// multi-GPU machine): batch k is drawn by process k mod N from noise seeded by (seed, k),
+    /// so the files are the same for any N, and --resume may use another N.
+    #[arg(long, value_name = "N")]
+    pub nproc: Option<usize>,
 }
 
 /// `--steps`, or 20 for `--sampler dpm-solver++` given without it (the solver's usual count).

@@ -1,7 +1,7 @@
 //! `options.yml`: loading, command-line overrides and validation. Each section's type lives
 //! beside the code that uses it ([`DatasetConfig`] in `data`, [`NetworkConfig`] in `model`,
 //! [`ScheduleConfig`] in `diffusion`, [`TrainConfig`] in `train`, [`SampleConfig`] in
-//! `sample`) and validates its own keys; this module only puts them together.
+//! `sample`, [`EvalConfig`] in `eval`) and validates its own keys; this module only puts them together.
 //!
 //! Loading goes through a `serde_yaml::Value` first so that unknown keys can be reported with
 //! the nearest valid key, YAML tags such as `!!float 1e-3` are accepted, and `--set key=value`
@@ -10,6 +10,7 @@
 use crate::data::DatasetConfig;
 use crate::diffusion::ScheduleConfig;
 use crate::error::usage as bad;
+use crate::eval::options::EvalConfig;
 use crate::model::NetworkConfig;
 use crate::sample::options::SampleConfig;
 use crate::train::options::TrainConfig;
@@ -37,6 +38,7 @@ pub struct Config {
     pub network: NetworkConfig,
     pub train: TrainConfig,
     pub sample: SampleConfig,
+    pub eval: EvalConfig,
 }
 
 impl Default for Config {
@@ -52,6 +54,7 @@ impl Default for Config {
             network: NetworkConfig::default(),
             train: TrainConfig::default(),
             sample: SampleConfig::default(),
+            eval: EvalConfig::default(),
         }
     }
 }

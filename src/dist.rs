@@ -103,6 +103,24 @@ impl DistEnv {
     }
 }
 
+/// Sets libtorch's threads (`threads` when not 0; else, in a distributed run, the machine's
+/// cores shared among its workers instead of each taking all of them) and returns the device
+/// of this worker: `cuda:LOCAL_RANK` when `device` is a GPU.
+pub fn set_up_worker(env: Option<&DistEnv>, threads: usize, device: Device) -> Device {
+    match (env, threads) {
+        (_, n) if n > 0 => tch::set_num_threads(n as i32),
+        (Some(e), _) => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            tch::set_num_threads((cores / e.local_world_size.max(1)).max(1) as i32);
+        }
+        _ => {}
+    }
+    match (env, device) {
+        (Some(e), Device::Cuda(_)) => Device::Cuda(e.local_rank),
+        _ => device,
+    }
+}
+
 /// The rank from the environment (0 when not distributed or not parseable), for logging set-up.
 pub fn env_rank() -> usize {
     std::env::var("RANK").ok().and_then(|r| r.parse().ok()).unwrap_or(0)

@@ -86,3 +86,30 @@ pub fn draw(model: &Model, req: &Request, mut frames: Option<(&mut Vec<Tensor>, 
     }
     Tensor::cat(&parts, 0)
 }
+
+/// The seed purpose of the noise of a numbered batch ([`draw_batch`]).
+pub const SEED_BATCH: u64 = 3;
+
+/// Global batch `k` of a large set (exports, evaluations): the `len` images from `start`,
+/// with the labels of those indices, from noise seeded by `(seed, k)` alone, so a batch is the
+/// same whichever process draws it and whatever was drawn before. `progress`: a bar over the
+/// batch's steps.
+pub fn draw_batch(
+    model: &Model,
+    labels: Option<&Tensor>,
+    (k, start, len): (i64, i64, i64),
+    seed: u64,
+    sampler: &ReverseProcess,
+    progress: bool,
+) -> Tensor {
+    let y = labels.map(|l| l.narrow(0, start, len));
+    let req = Request {
+        n: len,
+        labels: y.as_ref(),
+        batch: len,
+        seed: crate::train::step::derived_seed(seed, SEED_BATCH, k) as u64,
+        sampler,
+        progress,
+    };
+    draw(model, &req, None)
+}

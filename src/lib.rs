@@ -31,6 +31,7 @@ pub mod process;
 pub mod run_dir;
 pub mod sample;
 pub mod score;
+pub mod shard;
 pub mod spec;
 pub mod tensorboard;
 pub mod trace;

@@ -1,7 +1,7 @@
 //! `ddpm`: parse the command line, set up logging, run, print the error chain.
 
 use clap::Parser;
-use ddpm::cli::{Cli, Command};
+use ddpm::cli::{Cli, Command, EvalArgs, SampleArgs, TrainArgs};
 use ddpm::config::Config;
 use ddpm::error::{self, Interrupted};
 use ddpm::sample::{LabelChoice, SampleRequest};
@@ -45,9 +45,16 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         _ => Config::load(&cli.config, &overrides)?,
     };
     match &cli.command {
-        Command::Train(a) if a.nproc.is_some() && std::env::var_os("WORLD_SIZE").is_none() => {
+        Command::Train(TrainArgs { nproc: Some(n), .. })
+        | Command::Eval(EvalArgs { nproc: Some(n), .. })
+        | Command::Sample(SampleArgs { nproc: Some(n), .. })
+            if std::env::var_os("WORLD_SIZE").is_none() =>
+        {
+            if matches!(cli.command, Command::Sample(_)) {
+                ddpm::sample::check_nproc(&cfg, *n)?;
+            }
             // Grace for the other workers to notice a failed one before they are killed.
-            ddpm::dist::launch(a.nproc.unwrap_or(1), std::time::Duration::from_secs(30))?;
+            ddpm::dist::launch(*n, std::time::Duration::from_secs(30))?;
         }
         Command::Train(a) => {
             ddpm::train::train(&cfg, TrainOptions { resume: a.resume, overwrite: a.overwrite })?;
@@ -62,11 +69,12 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 reference: a.reference.clone(),
                 inception_any_weights: a.inception_any_weights,
             };
+            // Ranks other than 0 of a data-parallel evaluation return no result.
             if a.metric == "fid" {
-                let r = ddpm::eval::eval_fid(&cfg, &req)?;
-                emit(&format!("{}\n", ddpm::eval::fid_table(&r)))?;
-            } else {
-                let r = ddpm::eval::eval(&cfg, &req)?;
+                if let Some(r) = ddpm::eval::eval_fid(&cfg, &req)? {
+                    emit(&format!("{}\n", ddpm::eval::fid_table(&r)))?;
+                }
+            } else if let Some(r) = ddpm::eval::eval(&cfg, &req)? {
                 emit(&format!("{}\n", ddpm::eval::table(&r)))?;
             }
         }

@@ -3,17 +3,17 @@
 //! torch-fidelity an `.npz` whose `arr_0` is `uint8 [N, H, W, C]`, with the labels in `arr_1`).
 //!
 //! The images are drawn in batches of `sample.batch_size`, batch `k` from noise seeded by
-//! `(seed, k)`, and written as they come: PNGs straight into the folder, `.npz` batches into
+//! `(seed, k)` (by the process `k mod N` of a data-parallel export), and written as they come: PNGs straight into the folder, `.npz` batches into
 //! `<out>.parts/` until the last one, when the archive is put together. `--resume` skips the
 //! batches already written, so an interrupted export continued gives the same files as one
 //! that ran through. A manifest (`ddpm-export.json` in the folder, `<out>.parts/manifest.json`)
 //! holds the settings, and a resume with other settings is refused.
 
 use crate::error::UsageError;
-use crate::generate::{self, Request};
+use crate::generate;
 use crate::grid;
+use crate::shard::Shard;
 use crate::spec::Model;
-use crate::train::step::derived_seed;
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,9 +30,6 @@ crate::choice! {
         Npz = "npz",
     }
 }
-
-/// The seed purpose of an export batch's noise.
-pub const SEED_EXPORT: u64 = 3;
 
 /// An export to run.
 pub struct Export<'a> {
@@ -65,8 +62,10 @@ fn parts_dir(out: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Runs the export; returns the number of batches drawn now (the others were already there).
-pub fn run(e: &Export) -> Result<i64> {
+/// Runs the export, this process's share of it when `shard` is one of several (rank 0 checks
+/// or writes the manifest first and puts the `.npz` together at the end); returns the number
+/// of batches drawn now by all processes (the others were already there).
+pub fn run(e: &Export, shard: &Shard) -> Result<i64> {
     let batch = e.batch.clamp(1, e.n.max(1));
     let batches = (e.n + batch - 1) / batch;
     let (work, manifest) = match e.format {
@@ -74,36 +73,20 @@ pub fn run(e: &Export) -> Result<i64> {
         Format::Npz => (parts_dir(e.out), parts_dir(e.out).join("manifest.json")),
         Format::Grid => bail!("a grid is not an export"),
     };
+    // The number of processes is not a setting: any number gives the same images.
     let mut settings = e.settings.clone();
     settings["n"] = e.n.into();
     settings["batch"] = batch.into();
     settings["seed"] = e.seed.into();
     settings["format"] = e.format.as_str().into();
-    if manifest.exists() {
-        if !e.resume {
-            bail!(UsageError(format!(
-                "{} holds an export already: add --resume to continue it, or choose another --out",
-                e.out.display()
-            )));
-        }
-        let had: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest)?)
-            .with_context(|| format!("cannot read {}", manifest.display()))?;
-        if had != settings {
-            bail!(UsageError(format!(
-                "--resume: {} was exported with other settings ({}), not {}: continue it with those, or choose another --out",
-                e.out.display(),
-                had,
-                settings
-            )));
-        }
-    } else {
-        if e.format == Format::Npz && e.out.exists() && !e.resume {
-            bail!(UsageError(format!("{} exists: choose another --out or remove it", e.out.display())));
-        }
-        std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
-        crate::fsutil::write_atomic(&manifest, settings.to_string().as_bytes())?;
+    let prepared = match shard.is_main() {
+        true => prepare(e, &work, &manifest, &settings),
+        false => Ok(()),
+    };
+    if !shard.agree(prepared.is_ok())? {
+        prepared?;
+        bail!("rank 0 could not start the export (its message says why)");
     }
-    crate::fsutil::remove_stale_temps(&work);
     let done = |k: i64| -> bool {
         let b = batch.min(e.n - k * batch);
         match e.format {
@@ -111,29 +94,24 @@ pub fn run(e: &Export) -> Result<i64> {
             _ => work.join(format!("batch-{k:06}.u8")).exists(),
         }
     };
-    let todo: Vec<i64> = (0..batches).filter(|&k| !done(k)).collect();
-    if todo.len() < batches as usize {
+    let mine = shard.mine(batches);
+    let todo: Vec<i64> = mine.iter().copied().filter(|&k| !done(k)).collect();
+    if todo.len() < mine.len() {
         tracing::info!(
-            "{}: {} of {batches} batches are there already, drawing the other {}",
+            "{}: {} of {} batches are there already, drawing the other {}",
             e.out.display(),
-            batches - todo.len() as i64,
+            mine.len() - todo.len(),
+            mine.len(),
             todo.len()
         );
     }
-    let bar = crate::logging::progress_bar(e.n as u64, "exporting [{bar:30}] {pos}/{len} images {per_sec} ETA {eta}");
-    bar.set_position(((batches - todo.len() as i64) * batch).min(e.n) as u64);
+    let images = |ks: &[i64]| ks.iter().map(|&k| batch.min(e.n - k * batch)).sum::<i64>() as u64;
+    let bar =
+        crate::logging::progress_bar(images(&mine), "exporting [{bar:30}] {pos}/{len} images {per_sec} ETA {eta}");
+    bar.set_position(images(&mine) - images(&todo));
     for &k in &todo {
         let b = batch.min(e.n - k * batch);
-        let y = e.labels.map(|l| l.narrow(0, k * batch, b));
-        let req = Request {
-            n: b,
-            labels: y.as_ref(),
-            batch: b,
-            seed: derived_seed(e.seed, SEED_EXPORT, k) as u64,
-            sampler: e.sampler,
-            progress: false,
-        };
-        let xs = generate::draw(e.model, &req, None);
+        let xs = generate::draw_batch(e.model, e.labels, (k, k * batch, b), e.seed, e.sampler, true);
         match e.format {
             Format::PngDir => {
                 for j in 0..b {
@@ -152,12 +130,43 @@ pub fn run(e: &Export) -> Result<i64> {
         bar.inc(b as u64);
     }
     bar.finish_and_clear();
-    if e.format == Format::Npz {
+    let drawn = shard.sum(todo.len() as i64)?;
+    if e.format == Format::Npz && shard.is_main() {
         let [c, h, w] = e.model.image_shape;
         write_npz(e.out, &work, batches, [e.n, h, w, c], e.labels)?;
         std::fs::remove_dir_all(&work).with_context(|| format!("cannot remove {}", work.display()))?;
     }
-    Ok(todo.len() as i64)
+    Ok(drawn)
+}
+
+/// Checks the manifest of an export to resume, or writes the one of a new export.
+fn prepare(e: &Export, work: &Path, manifest: &Path, settings: &serde_json::Value) -> Result<()> {
+    if manifest.exists() {
+        if !e.resume {
+            bail!(UsageError(format!(
+                "{} holds an export already: add --resume to continue it, or choose another --out",
+                e.out.display()
+            )));
+        }
+        let had: serde_json::Value = serde_json::from_slice(&std::fs::read(manifest)?)
+            .with_context(|| format!("cannot read {}", manifest.display()))?;
+        if had != *settings {
+            bail!(UsageError(format!(
+                "--resume: {} was exported with other settings ({}), not {}: continue it with those, or choose another --out",
+                e.out.display(),
+                had,
+                settings
+            )));
+        }
+    } else {
+        if e.format == Format::Npz && e.out.exists() && !e.resume {
+            bail!(UsageError(format!("{} exists: choose another --out or remove it", e.out.display())));
+        }
+        std::fs::create_dir_all(work).with_context(|| format!("cannot create {}", work.display()))?;
+        crate::fsutil::write_atomic(manifest, settings.to_string().as_bytes())?;
+    }
+    crate::fsutil::remove_stale_temps(work);
+    Ok(())
 }
 
 /// A `.npy` header (version 1.0) for a C-ordered array.

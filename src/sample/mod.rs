@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::diffusion::sampler;
 use crate::error::UsageError;
 use crate::generate::{self, Request};
+use crate::shard::Shard;
 use crate::{device, grid};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -57,10 +58,9 @@ pub struct SampleRequest {
 
 /// `ddpm sample`.
 pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
-    if cfg.threads > 0 {
-        tch::set_num_threads(cfg.threads as i32);
-    }
-    let device = device::resolve(&cfg.device)?;
+    let format = cfg.sample.format;
+    check_nproc(cfg, crate::dist::DistEnv::from_env()?.map_or(1, |e| e.world_size))?;
+    let (shard, device) = Shard::from_env(cfg.threads, device::resolve(&cfg.device)?)?;
     cfg.sample.check_precision(device)?;
     let path = req.checkpoint.clone().unwrap_or_else(|| checkpoint::latest_path(&cfg.train.run_dir));
     if !path.exists() {
@@ -69,7 +69,6 @@ pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
             path.display()
         )));
     }
-    let format = cfg.sample.format;
     let out = req.out.clone().unwrap_or_else(|| export::default_out(&cfg.train.run_dir, format));
     if req.resume && format == export::Format::Grid {
         bail!(UsageError("--resume continues a png-dir or npz export: add --format png-dir or --format npz".into()));
@@ -158,18 +157,21 @@ pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
             format.as_str()
         );
         let started = Instant::now();
-        let drawn = export::run(&export::Export {
-            model: &loaded.model,
-            labels: labels.as_ref(),
-            n,
-            batch: s.batch_size,
-            seed: cfg.seed,
-            sampler: &sc,
-            format,
-            out: &out,
-            resume: req.resume,
-            settings,
-        })?;
+        let drawn = export::run(
+            &export::Export {
+                model: &loaded.model,
+                labels: labels.as_ref(),
+                n,
+                batch: s.batch_size,
+                seed: cfg.seed,
+                sampler: &sc,
+                format,
+                out: &out,
+                resume: req.resume,
+                settings,
+            },
+            &shard,
+        )?;
         tracing::info!(
             "wrote {} ({n} images; {drawn} batches drawn in {:.1} s)",
             out.display(),
@@ -228,6 +230,18 @@ pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
         tracing::info!("wrote {} and {}", png.display(), gif.display());
     }
     Ok(out)
+}
+
+/// Refuses a grid drawn by `nproc` > 1 processes (exports are shared among processes, grids
+/// are not).
+pub fn check_nproc(cfg: &Config, nproc: usize) -> Result<()> {
+    if nproc > 1 && cfg.sample.format == export::Format::Grid {
+        bail!(UsageError(format!(
+            "--nproc {nproc}: a grid is drawn by one process; draw many images across processes with \
+             --format png-dir or --format npz"
+        )));
+    }
+    Ok(())
 }
 
 /// Fails early, with the path named, when `path`'s folder cannot be created or written.

@@ -352,11 +352,25 @@ impl Inception {
         Outputs { pool: pool.to_device(Device::Cpu), logits: logits.map(|l| l.to_device(Device::Cpu)) }
     }
 
+    /// Whether the weights have the logits head (for the Inception Score).
+    pub fn has_logits(&self) -> bool {
+        self.fc.is_some()
+    }
+
     /// Features of uint8 images `[N, C, H, W]` in batches, with a progress bar.
     pub fn features_u8(&self, images: &Tensor, batch: i64, label: &str) -> Outputs {
         let n = images.size()[0];
         let bar =
             crate::logging::progress_bar(n as u64, &format!("{label} [{{bar:30}}] {{pos}}/{{len}} images ETA {{eta}}"));
+        let out = self.features_with(images, batch, &bar);
+        bar.finish_and_clear();
+        out
+    }
+
+    /// Features of uint8 images `[N, C, H, W]` in batches of `batch`, advancing `bar` by the
+    /// images done.
+    pub fn features_with(&self, images: &Tensor, batch: i64, bar: &indicatif::ProgressBar) -> Outputs {
+        let n = images.size()[0];
         let (mut pools, mut logits) = (Vec::new(), Vec::new());
         let mut i = 0;
         while i < n {
@@ -369,7 +383,6 @@ impl Inception {
             i += b;
             bar.inc(b as u64);
         }
-        bar.finish_and_clear();
         Outputs { pool: Tensor::cat(&pools, 0), logits: (!logits.is_empty()).then(|| Tensor::cat(&logits, 0)) }
     }
 }

@@ -30,7 +30,6 @@ use crate::{device, interrupt, logging};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use step::Learner;
-use tch::Device;
 
 pub use options::TrainConfig;
 
@@ -88,19 +87,7 @@ impl Trainer<'_> {
 /// `ddpm train`.
 pub fn train(cfg: &Config, opts: TrainOptions) -> Result<()> {
     let env = DistEnv::from_env()?;
-    match (&env, cfg.threads) {
-        (_, n) if n > 0 => tch::set_num_threads(n as i32),
-        // Workers on one machine share its cores instead of each taking all of them.
-        (Some(e), _) => {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            tch::set_num_threads((cores / e.local_world_size.max(1)).max(1) as i32);
-        }
-        _ => {}
-    }
-    let mut device = device::resolve(&cfg.device)?;
-    if let (Some(e), Device::Cuda(_)) = (&env, device) {
-        device = Device::Cuda(e.local_rank);
-    }
+    let device = crate::dist::set_up_worker(env.as_ref(), cfg.threads, device::resolve(&cfg.device)?);
     interrupt::install()?;
     let dist = match &env {
         None => None,

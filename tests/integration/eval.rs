@@ -179,3 +179,42 @@ fn evaluation_during_training_goes_into_evals_jsonl_and_a_plot() {
     }
     assert!(d.join("run/eval.png").exists());
 }
+
+#[test]
+#[ignore = "slow: several processes"]
+fn an_evaluation_shared_among_processes_scores_what_one_process_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    common::write_tiny_mnist(&d.join("data"), 48);
+    let m = d.join("data/mnist");
+    std::fs::copy(m.join("train-images-idx3-ubyte"), m.join("t10k-images-idx3-ubyte")).unwrap();
+    std::fs::copy(m.join("train-labels-idx1-ubyte"), m.join("t10k-labels-idx1-ubyte")).unwrap();
+    let cfg = common::tiny_config(d);
+    let c = cfg.to_str().unwrap();
+    let o = common::ddpm(d, &["train", "--config", c, "--max-steps", "4"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    // 10 samples in batches of 4 (three batches), DDIM in 5 steps; one libtorch thread per
+    // process, as libtorch's reductions (the classifier, the statistics) round differently
+    // with another number of threads (1e-7 relative).
+    let eval = |extra: &[&str]| -> serde_json::Value {
+        let json = d.join("r.json");
+        let args =
+            ["eval", "--config", c, "--n", "10", "--steps", "5", "--set", "sample.batch_size=4", "--set", "threads=1"];
+        let o = common::ddpm(d, &[&args[..], &["--json", json.to_str().unwrap()], extra].concat());
+        assert!(o.status.success(), "{extra:?}: {}", common::stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert_eq!(out.matches("Frechet distance").count(), 1, "one table, from rank 0: {out}");
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+    };
+    let one = eval(&[]);
+    let fd = one["frechet_distance"].as_f64().unwrap();
+    assert!(fd.is_finite() && fd > 0.0, "{one}");
+    for n in ["2", "3"] {
+        let r = eval(&["--nproc", n]);
+        for k in ["frechet_distance", "classifier_score", "class_entropy", "frechet_distance_real"] {
+            assert_eq!(r[k], one[k], "--nproc {n}: {k} differs ({r} vs {one})");
+        }
+    }
+    let rows = std::fs::read_to_string(d.join("run/evals.jsonl")).unwrap();
+    assert_eq!(rows.lines().count(), 3, "one line per evaluation, written by rank 0: {rows}");
+}

@@ -113,3 +113,44 @@ fn a_killed_export_resumed_equals_an_uninterrupted_one() {
         }
     }
 }
+
+#[test]
+#[ignore = "slow: several processes"]
+fn exports_are_the_same_for_any_number_of_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = trained(d);
+    // 10 images in batches of 4: three batches, so 4 processes leave one without work.
+    let one = d.join("one.npz");
+    let o = export(d, &cfg, "npz", &one, &[]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let bytes = std::fs::read(&one).unwrap();
+    for n in ["2", "3", "4"] {
+        let out = d.join(format!("nproc{n}.npz"));
+        let o = export(d, &cfg, "npz", &out, &["--nproc", n]);
+        assert!(o.status.success(), "--nproc {n}: {}", common::stderr(&o));
+        assert!(bytes == std::fs::read(&out).unwrap(), "--nproc {n}: the npz differs from one process's");
+        assert!(!d.join(format!("nproc{n}.npz.parts")).exists(), "the parts are removed");
+    }
+    // A PNG folder from 3 processes, half of it lost, resumed by 2 processes: the same files
+    // as one process writes.
+    let single = d.join("single");
+    let o = export(d, &cfg, "png-dir", &single, &[]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let shared = d.join("shared");
+    let o = export(d, &cfg, "png-dir", &shared, &["--nproc", "3"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert_eq!(pngs(&single), pngs(&shared), "3 processes wrote other PNGs");
+    for i in [0, 5, 9] {
+        std::fs::remove_file(shared.join(format!("{i:06}.png"))).unwrap();
+    }
+    let o = export(d, &cfg, "png-dir", &shared, &["--nproc", "2", "--resume"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert_eq!(pngs(&single), pngs(&shared), "the resumed folder differs");
+    // A grid is not shared among processes: refused before any worker starts.
+    let o = common::ddpm(d, &["sample", "--config", &cfg, "--nproc", "2"]);
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    let err = common::stderr(&o);
+    assert!(err.contains("a grid is drawn by one process") && err.contains("--format png-dir"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+}

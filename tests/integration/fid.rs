@@ -135,6 +135,24 @@ fn wrong_or_truncated_weights_name_the_expected_checksum() {
     assert!(err.contains("lack 'Conv2d_1a_3x3.conv.weight'") || err.contains("lack '"), "{err}");
 }
 
+#[test]
+fn the_weights_come_from_eval_inception_weights_or_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = common::tiny_config(d);
+    let c = cfg.to_str().unwrap();
+    let o = common::ddpm(d, &["eval", "--config", c, "--metric", "fid", "--set", "eval.inception_weights=w/key.pth"]);
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    assert!(common::stderr(&o).contains("no Inception weights at w/key.pth"), "{}", common::stderr(&o));
+    let args = ["eval", "--config", c, "--metric", "fid", "--set", "eval.inception_weights=w/key.pth"];
+    let o = common::ddpm(d, &[&args[..], &["--inception", "w/flag.pth"]].concat());
+    assert!(common::stderr(&o).contains("no Inception weights at w/flag.pth"), "the flag wins: {}", common::stderr(&o));
+    // Neither: the file name pytorch-fid uses, under dataset.root.
+    let o = common::ddpm(d, &["eval", "--config", c, "--metric", "fid"]);
+    let want = d.join("data/pt_inception-2015-12-05-6726825d.pth");
+    assert!(common::stderr(&o).contains(&format!("at {}", want.display())), "{}", common::stderr(&o));
+}
+
 /// `ddpm eval --metric fid` end to end on a CIFAR-10-format run (files written here) with
 /// pytorch-fid's network at random weights: the FID of the samples against the training images,
 /// the Inception Score, the JSON; and an image set against itself (npz against a PNG folder of
@@ -175,6 +193,20 @@ fn eval_metric_fid_end_to_end_on_cifar_format_files() {
     assert_eq!((r["n"].as_i64(), r["n_reference"].as_i64()), (Some(12), Some(12)));
     assert!(String::from_utf8_lossy(&o.stdout).contains("FID (Inception, pytorch-fid)"));
     assert!(d.join("run/fid.jsonl").exists());
+    // Shared among 3 processes (12 samples and 12 reference images in batches of 4): the same
+    // samples, features and FID as in one process (one libtorch thread each: reductions round
+    // differently with another number of threads).
+    let shared = |extra: &[&str]| -> serde_json::Value {
+        let json = json.to_str().unwrap();
+        let set = ["--inception-any-weights", "--set", "sample.batch_size=4", "--set", "threads=1", "--json", json];
+        let o = common::ddpm(d, &[&args[..], &set, extra].concat());
+        assert!(o.status.success(), "{extra:?}: {}", common::stderr(&o));
+        serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap()
+    };
+    let (one, three) = (shared(&[]), shared(&["--nproc", "3"]));
+    assert_eq!((&one["fid"], &one["inception_score"]), (&three["fid"], &three["inception_score"]), "{one} vs {three}");
+    assert_eq!(three["processes"], 3);
+    assert!(one["fid"].as_f64().unwrap() > 0.0);
     // The same pictures as an npz and as a PNG folder: FID 0 (to rounding).
     let o = common::ddpm(
         d,
