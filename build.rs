@@ -3,8 +3,9 @@
 //!    LD_LIBRARY_PATH: torch-sys hands its lib dir to direct dependents as
 //!    DEP_TCH_LIBTORCH_LIB, and `--no-as-needed -ltorch` keeps libtorch_cuda loaded so that
 //!    CUDA is seen on machines that have it.
-//! 2. Compile `csrc/ops.cpp` (autocast dtypes, dropping gradients, oneDNN's bf16 check)
-//!    against libtorch's headers, always.
+//! 2. Compile `csrc/ops.cpp` (autocast dtypes, dropping gradients, oneDNN's bf16 check, fused
+//!    Adam) against libtorch's headers, always, and `csrc/cuda_graph.cpp` (CUDA graphs) where
+//!    the CUDA runtime headers are found as for NCCL below (else cfg `ddpm_no_cuda_graphs`).
 //! 3. Compile `csrc/dist.cpp`, the C interface to libtorch's distributed engine (c10d), against
 //!    libtorch's headers. gloo's own headers are not in the PyPI wheel: they come from
 //!    libgloo-dev (`GLOO_INCLUDE_DIR` overrides where to look). Without them ddpm is built
@@ -20,9 +21,11 @@ fn main() {
     println!("cargo:rerun-if-env-changed=DDPM_NO_NCCL");
     println!("cargo:rerun-if-changed=csrc");
     println!("cargo:rustc-check-cfg=cfg(ddpm_no_dist)");
+    println!("cargo:rustc-check-cfg=cfg(ddpm_no_cuda_graphs)");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         println!("cargo:warning=libtorch not found through torch-sys: run scripts/setup.sh first");
         println!("cargo:rustc-cfg=ddpm_no_dist");
+        println!("cargo:rustc-cfg=ddpm_no_cuda_graphs");
         return;
     };
     let lib = PathBuf::from(lib);
@@ -65,7 +68,8 @@ fn cuda_includes(lib: &Path) -> Option<Vec<PathBuf>> {
 }
 
 fn compile_ops(lib: &Path, include: &Path) {
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .std("c++17")
         .file("csrc/ops.cpp")
@@ -73,9 +77,21 @@ fn compile_ops(lib: &Path, include: &Path) {
         .include(include.join("torch/csrc/api/include"))
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .flag_if_supported("-Wno-unused-parameter")
-        .warnings(false)
-        .compile("ddpm_ops");
+        .warnings(false);
+    // CUDA graphs need the CUDA runtime headers (the first of cuda_includes).
+    let cuda = cuda_includes(lib);
+    match &cuda {
+        Some(dirs) => {
+            build.file("csrc/cuda_graph.cpp").define("USE_CUDA", None).include(&dirs[0]);
+        }
+        None => println!("cargo:rustc-cfg=ddpm_no_cuda_graphs"),
+    }
+    build.compile("ddpm_ops");
     println!("cargo:rustc-link-search=native={}", lib.display());
+    if cuda.is_some() {
+        println!("cargo:rustc-link-lib=dylib=torch_cuda");
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
+    }
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
 }

@@ -3,6 +3,7 @@
 # no Rust toolchain or network, and stages what scripts/gpu-check.sh needs there into gpu/:
 #   gpu/ddpm           the binary, linked against torch==$TORCH_VERSION (default 2.11.0)
 #   gpu/data/mnist/    MNIST's four .gz files
+#   gpu/py/            pytorch-fid's Python package (for random FID-Inception weights)
 #   gpu/BUILD          what was built, from which commit, against which libtorch
 # Copy gpu/ along with the checkout (it is ignored by git; about 20 MiB) and run
 # scripts/gpu-check.sh there.
@@ -132,6 +133,12 @@ for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte 
     gzip -c "data/mnist/$f" > "$stage/data/mnist/$f.gz"
   fi
 done
+# pytorch-fid (pure Python; the GPU machine's Python has torch and torchvision) for the FID
+# timing's random Inception weights.
+fid_pkg="$("$py" -c 'import os, pytorch_fid; print(os.path.dirname(pytorch_fid.__file__))')"
+mkdir -p "$stage/py"
+cp -r "$fid_pkg" "$stage/py/"
+rm -rf "$stage/py/pytorch_fid/__pycache__"
 {
   echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)')"
   echo "libtorch: torch==$version (wheel $(ls "$work"/wheel/torch-"$version"-*.whl | xargs -n1 basename | head -1))"

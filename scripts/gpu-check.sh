@@ -8,6 +8,10 @@
 #   - the same demo network and loop in PyTorch (the machine's own torch: eager, channels-last,
 #     torch.compile),
 #   - a one-process data-parallel training step through NCCL,
+#   - CUDA graphs: the sampling rows again with sample.cuda_graphs=false, and 81 samples of the
+#     NCCL run's checkpoint drawn with and without graphs (DDPM-1000, DPM-Solver++-20) compared,
+#   - ddpm eval --metric fid -n 10000 on a CIFAR-10-shaped run (random CIFAR-format pictures, 20
+#     training steps, random FID-Inception weights: the time, not the number, is the point),
 #   - peak GPU memory (nvidia-smi, sampled every 250 ms),
 # and writes the table to OUT/gpu-check.md (and stdout), with every log beside it.
 #
@@ -35,7 +39,7 @@ out="${out:-$stage/out}"
 # What the check uses from the checkout.
 missing=0
 for f in options.yml configs/cifar10-ddpm-paper.yml scripts/python/bench_pytorch.py scripts/python/demo_unet.py \
-  scripts/python/gpu_report.py; do
+  scripts/python/gpu_report.py scripts/python/cifar_format.py scripts/python/fid_random_weights.py; do
   [ -f "$f" ] || { echo "gpu-check: $f is missing from the checkout" >&2; missing=1; }
 done
 [ "$missing" = 0 ] || exit 1
@@ -51,6 +55,9 @@ steps=(
   "ddpm bench, paper UNet bf16: (the same) --set train.precision=bf16"
   "PyTorch: $py scripts/python/bench_pytorch.py --device cuda --data $data/mnist --epoch-steps 118"
   "NCCL: WORLD_SIZE=1 DDPM_DIST_BACKEND=nccl $bin train --config options.yml --max-steps 5"
+  "CUDA graphs off: $bin bench --config options.yml --set device=cuda:0 --set sample.cuda_graphs=false --batches 128 --epoch-steps 0"
+  "CUDA graphs on/off, same samples: $bin sample --checkpoint (the NCCL run's) --sampler ddpm|dpm-solver++ --save-tensor ..."
+  "FID timing: $py scripts/python/cifar_format.py; $bin train (cifar10, 20 steps); $bin eval --metric fid -n 10000"
 )
 if [ "$dry" = 1 ]; then
   echo "gpu-check (dry run): results would go to $out/gpu-check.md"
@@ -76,9 +83,18 @@ nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 250 > "$ou
 poller=$!
 trap 'kill $poller 2>/dev/null || true' EXIT
 
+# The whole check stops within GPU_CHECK_SECONDS (default 560, to fit one 10-minute call): a
+# step gets its own limit or what is left, and steps past the deadline are skipped.
+deadline=$(( started + ${GPU_CHECK_SECONDS:-560} ))
 run() { # run NAME SECONDS CMD...: logs to OUT/NAME.log, never stops the check
   local name="$1" secs="$2"; shift 2
   local t0=$(date +%s)
+  local left=$(( deadline - t0 ))
+  if [ "$left" -lt 10 ]; then
+    echo "$name: skipped (the check's time is up)" | tee -a "$out/status.txt" >&2
+    return
+  fi
+  [ "$secs" -le "$left" ] || secs=$left
   if timeout "$secs" "$@" > "$out/$name.log" 2>&1; then rc=0; else rc=$?; fi
   echo "$name: exit $rc in $(( $(date +%s) - t0 )) s" | tee -a "$out/status.txt" >&2
 }
@@ -93,6 +109,39 @@ run pytorch 180 "$py" scripts/python/bench_pytorch.py --device cuda --threads "$
 run nccl 60 env WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29561 DDPM_DIST_BACKEND=nccl \
   "$bin" train --config options.yml --set device=cuda:0 --set dataset.root="$data" --set dataset.download=false \
   --set train.run_dir="$out/nccl-run" --set train.grid_samples=0 --max-steps 5
+run ddpm-demo-nographs 60 "$bin" bench --config options.yml --set device=cuda:0 --set dataset.root="$data" \
+  --set dataset.download=false --batches 128 --epoch-steps 0 --repeats 3 --set sample.cuda_graphs=false \
+  --json "$out/ddpm-demo-nographs.json"
+ckpt="$out/nccl-run/checkpoints/latest.safetensors"
+graphs_equal() {
+  for sampler in ddpm dpm-solver++; do
+    for g in true false; do
+      local t0=$(date +%s%N)
+      "$bin" sample --config options.yml --checkpoint "$ckpt" --set device=cuda:0 --sampler "$sampler" -n 81 \
+        --set sample.cuda_graphs=$g --out "$out/graphs-$sampler-$g.png" --save-tensor "$out/graphs-$sampler-$g.safetensors"
+      echo "sample $sampler cuda_graphs=$g: $(( ($(date +%s%N) - t0) / 1000000 )) ms (whole command)"
+    done
+    "$py" -c 'import sys; from safetensors.torch import load_file as l
+a, b = l(sys.argv[1])["samples"], l(sys.argv[2])["samples"]
+print(f"{sys.argv[3]}: graphs vs no graphs, max |difference| {(a - b).abs().max().item():.3g}")' \
+      "$out/graphs-$sampler-true.safetensors" "$out/graphs-$sampler-false.safetensors" "$sampler"
+  done
+}
+export bin out py stage ckpt
+export -f graphs_equal
+run graphs-equal 60 bash -c graphs_equal
+fid_timing() {
+  local cifar=(--set device=cuda:0 --set dataset.name=cifar10 --set dataset.root="$out/fid-data" \
+    --set dataset.download=false --set train.run_dir="$out/fid-run")
+  "$py" scripts/python/cifar_format.py "$out/fid-data" 10000
+  PYTHONPATH="$stage/py" "$py" scripts/python/fid_random_weights.py "$out/fid-weights.safetensors"
+  "$bin" train --config options.yml "${cifar[@]}" --set train.grid_samples=0 --max-steps 20
+  /usr/bin/time -f "eval: %e s wall, %M KiB peak RSS" "$bin" eval --config options.yml "${cifar[@]}" --metric fid \
+    -n 10000 --set sample.batch_size=1000 --inception "$out/fid-weights.safetensors" --inception-any-weights \
+    --json "$out/fid-10k.json"
+}
+export -f fid_timing
+run fid-10k 240 bash -c fid_timing
 kill $poller 2>/dev/null || true
 echo "total: $(( $(date +%s) - started )) s" >> "$out/status.txt"
 "$py" scripts/python/gpu_report.py "$out" | tee "$out/gpu-check.md"

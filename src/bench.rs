@@ -28,6 +28,8 @@ pub struct BenchResult {
     /// `train.precision` and `sample.precision` as they ran (`bf16` only where the device has it).
     pub train_precision: String,
     pub sample_precision: String,
+    /// Whether sampling replayed CUDA graphs (CUDA, fp32, `sample.cuda_graphs`).
+    pub sample_cuda_graphs: bool,
     pub network: String,
     pub image_shape: [i64; 3],
     /// `(batch, seconds per step, images per second)`.
@@ -142,6 +144,7 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
         streams,
         train_precision: ran_as(cfg.train.precision),
         sample_precision: ran_as(cfg.sample.precision),
+        sample_cuda_graphs: false,
         network: cfg.network.describe(),
         image_shape: spec.image_shape,
         train,
@@ -164,8 +167,9 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
     let ddpm = &model.scheduler;
     // The network as the samplers run it: under bf16 autocast with `sample.precision: bf16`.
     let bf16 = cfg.sample.precision == Precision::Bf16 && crate::precision::bf16_available(device);
+    let graphed = crate::graph::Graphed::new(model.net.as_ref(), cfg.sample.cuda_graphs && !bf16);
     let net = crate::diffusion::prediction::AsEps {
-        net: model.net.as_ref(),
+        net: &graphed,
         prediction: crate::diffusion::prediction::Prediction::Eps,
         scheduler: ddpm,
         bf16,
@@ -199,7 +203,13 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
     let sample_ddpm = t0.elapsed().as_secs_f64() / probe as f64 * cfg.ddpm.n_steps as f64;
     // 81 samples in one batch through the sampler every command uses.
     let time = |sampler: Sampler| {
-        let sc = ReverseProcess { sampler, opts, guidance: 1.0, bf16: cfg.sample.precision == Precision::Bf16 };
+        let sc = ReverseProcess {
+            sampler,
+            opts,
+            guidance: 1.0,
+            bf16: cfg.sample.precision == Precision::Bf16,
+            cuda_graphs: cfg.sample.cuda_graphs,
+        };
         let req = Request { n: 81, labels: None, batch: 81, seed: cfg.seed, sampler: &sc, progress: false };
         let t0 = Instant::now();
         let _ = generate::draw(&model, &req, None).double_value(&[0, 0, 0, 0]);
@@ -219,6 +229,7 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
     result.sample_ddpm_sec = sample_ddpm;
     result.sample_ddim50_sec = sample_ddim;
     result.sample_dpm20_sec = sample_dpm;
+    result.sample_cuda_graphs = graphed.graphs() > 0;
     result.peak_rss_mib = peak_rss_mib();
     Ok(result)
 }

@@ -55,6 +55,8 @@ pub fn draw(model: &Model, req: &Request, mut frames: Option<(&mut Vec<Tensor>, 
         Some((_, k)) => (1..=*k).map(|i| i * steps / k - 1).collect(),
         None => Vec::new(),
     };
+    let bf16 = req.sampler.bf16 && crate::precision::bf16_available(model.device());
+    let graphed = crate::graph::Graphed::new(model.net.as_ref(), req.sampler.cuda_graphs && !bf16);
     let mut parts = Vec::new();
     let mut chunk_frames: Vec<Vec<Tensor>> = Vec::new();
     for i in 0..chunks {
@@ -62,12 +64,7 @@ pub fn draw(model: &Model, req: &Request, mut frames: Option<(&mut Vec<Tensor>, 
         let noise = model.noise(b);
         let y = req.labels.map(|l| l.narrow(0, i * batch, b));
         let mut mine = vec![noise.to_device(Device::Cpu)];
-        let net = AsEps {
-            net: model.net.as_ref(),
-            prediction: model.prediction,
-            scheduler: &model.scheduler,
-            bf16: req.sampler.bf16 && crate::precision::bf16_available(model.device()),
-        };
+        let net = AsEps { net: &graphed, prediction: model.prediction, scheduler: &model.scheduler, bf16 };
         let x = sampler::sample(&net, &model.scheduler, noise, y.as_ref(), &process, |j, _, x| {
             bar.inc(1);
             if keep_at.contains(&j) {

@@ -19,6 +19,7 @@ pub mod error;
 pub mod eval;
 pub mod fsutil;
 pub mod generate;
+pub mod graph;
 pub mod grid;
 pub mod info;
 pub mod interrupt;

@@ -76,6 +76,26 @@ def main(out):
     ok = re.search(r"^nccl: exit 0", status, re.M) is not None
     last = [l for l in nccl.strip().splitlines() if l.strip()][-1:] or ["no log"]
     lines.append(f"| data-parallel step, 1 process, NCCL | {'ran 5 steps' if ok else 'failed: ' + last[0][-160:]} | | | |")
+    # CUDA graphs: the sampling rows without them, and the samples compared.
+    nog = load(out, "ddpm-demo-nographs.json")
+    used = (demo or {}).get("sample_cuda_graphs")
+    lines.append(f"| demo UNet sampling above used CUDA graphs | {'yes' if used else 'no' if demo else 'failed'} | | | |")
+    for key, what in (("forward81_sec", "denoising forward, batch 81"), ("sample_ddpm_sec", "81 samples, DDPM-1000"),
+                      ("sample_ddim50_sec", "81 samples, DDIM-50"), ("sample_dpm20_sec", "81 samples, DPM-Solver++(2M)-20")):
+        on, off = (demo or {}).get(key), (nog or {}).get(key)
+        scale, unit = (1e3, "ms") if key == "forward81_sec" else (1, "s")
+        cell = "failed" if on is None or off is None else f"{off * scale:.2f} {unit} without graphs, {on * scale:.2f} {unit} with ({off / on:.2f}x)"
+        lines.append(f"| demo UNet: {what}, CUDA graphs off vs on | {cell} | | | |")
+    for m in re.finditer(r"^(\S+): graphs vs no graphs, max \|difference\| (\S+)", text(out, "graphs-equal.log"), re.M):
+        lines.append(f"| {m.group(1)} samples (81, same seed), graphs vs no graphs | max abs difference {m.group(2)} | | | |")
+    fid = load(out, "fid-10k.json")
+    wall = re.search(r"eval: ([\d.]+) s wall", text(out, "fid-10k.log"))
+    if fid:
+        cell = (f"{wall.group(1) if wall else '?'} s in all: sampling {fid['sample_seconds']:.1f} s "
+                f"({fid['sampler']}, {fid['steps']} steps), Inception + FID {fid['feature_seconds']:.1f} s (random weights)")
+    else:
+        cell = "failed (fid-10k.log)"
+    lines.append(f"| ddpm eval --metric fid -n 10000, demo UNet, CIFAR-10 shape | {cell} | | | |")
     lines += ["", "```", status.strip(), "```"]
     print("\n".join(lines))
 

@@ -39,6 +39,9 @@ pub struct ReverseProcess {
     pub guidance: f64,
     /// Run the network under bfloat16 autocast (where the device runs bf16; fp32 elsewhere).
     pub bf16: bool,
+    /// On CUDA, replay the network from CUDA graphs (fp32 only: autocast's weight cache and
+    /// graphs do not mix).
+    pub cuda_graphs: bool,
 }
 
 /// The noise prediction, guided when labels are given and `w != 1`. Both halves are evaluated

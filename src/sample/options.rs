@@ -36,6 +36,9 @@ pub struct SampleConfig {
     /// `fp32` or `bf16`: the network under bfloat16 autocast (CUDA, and CPUs whose oneDNN
     /// runs bf16; `ddpm sample` and `ddpm eval` refuse it elsewhere, grids stay fp32 there).
     pub precision: crate::train::options::Precision,
+    /// CUDA: replay the network's kernels from a CUDA graph captured once per batch shape
+    /// (fp32; no effect on the CPU or with precision bf16).
+    pub cuda_graphs: bool,
 }
 
 impl Default for SampleConfig {
@@ -54,6 +57,7 @@ impl Default for SampleConfig {
             ema: true,
             format: super::export::Format::Grid,
             precision: crate::train::options::Precision::Fp32,
+            cuda_graphs: true,
         }
     }
 }
@@ -113,6 +117,7 @@ impl SampleConfig {
             opts: StepOptions { simple_var: self.simple_var, clip_x0: self.clip_x0 },
             guidance: self.guidance,
             bf16: self.precision == crate::train::options::Precision::Bf16,
+            cuda_graphs: self.cuda_graphs,
         }
     }
 }

@@ -211,6 +211,7 @@ fn ddim_eta_zero_is_deterministic_given_the_noise() {
         opts: StepOptions { simple_var: true, clip_x0: false },
         guidance: 1.0,
         bf16: false,
+        cuda_graphs: false,
     };
     let noise = Tensor::randn([2, 1, 28, 28], (Kind::Float, Device::Cpu));
     let mut visited = Vec::new();

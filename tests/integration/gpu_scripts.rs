@@ -42,6 +42,10 @@ fn gpu_report_reads_what_bench_writes() {
     std::fs::write(out.join("status.txt"), "ddpm-unet-bf16: exit 0 in 9 s\nnccl: exit 1 in 2 s\n").unwrap();
     std::fs::write(out.join("nccl.log"), "error: this ddpm was built without NCCL\n").unwrap();
     std::fs::write(out.join("gpu-memory.log"), "512\n2048\n1024\n").unwrap();
+    std::fs::write(out.join("graphs-equal.log"), "ddpm: graphs vs no graphs, max |difference| 2.38e-07\n").unwrap();
+    let fid = r#"{"sampler":"ddpm","steps":1000,"sample_seconds":41.5,"feature_seconds":20.25,"fid":3.0}"#;
+    std::fs::write(out.join("fid-10k.json"), fid).unwrap();
+    std::fs::write(out.join("fid-10k.log"), "eval: 70.12 s wall, 4000 KiB peak RSS\n").unwrap();
     let report = Command::new(py).arg(repo().join("scripts/python/gpu_report.py")).arg(&out).output().unwrap();
     let text = String::from_utf8_lossy(&report.stdout);
     assert!(report.status.success(), "{text}{}", common::stderr(&report));
@@ -54,4 +58,8 @@ fn gpu_report_reads_what_bench_writes() {
     assert!(row("| paper UNet (35.7M), batch 128, fp32 |").contains("failed"));
     assert!(row("| peak GPU memory").contains("2048 MiB"));
     assert!(row("| data-parallel step").contains("failed: error: this ddpm was built without NCCL"));
+    assert!(row("| ddpm samples (81, same seed), graphs vs no graphs |").contains("max abs difference 2.38e-07"));
+    assert!(row("| demo UNet: 81 samples, DDPM-1000, CUDA graphs off vs on |").contains("failed"));
+    let fid = row("| ddpm eval --metric fid -n 10000");
+    assert!(fid.contains("70.12 s in all: sampling 41.5 s (ddpm, 1000 steps), Inception + FID 20.2 s"), "{fid}");
 }

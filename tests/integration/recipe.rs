@@ -391,6 +391,7 @@ fn cosine_eps_samples_stay_bounded_in_every_sampler() {
             opts: StepOptions { simple_var: true, clip_x0: false },
             guidance: 1.0,
             bf16: false,
+            cuda_graphs: false,
         };
         let req = ddpm::generate::Request { n: 4, labels: None, batch: 4, seed: 1, sampler: &sc, progress: false };
         let xs = ddpm::generate::draw(&model, &req, None);

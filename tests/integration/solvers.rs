@@ -12,7 +12,13 @@ use ddpm::model::{self, DemoConfig, Denoiser, NetworkConfig};
 use tch::{nn, Device, Kind, Tensor};
 
 fn process(sampler: Sampler) -> ReverseProcess {
-    ReverseProcess { sampler, opts: StepOptions { simple_var: true, clip_x0: false }, guidance: 1.0, bf16: false }
+    ReverseProcess {
+        sampler,
+        opts: StepOptions { simple_var: true, clip_x0: false },
+        guidance: 1.0,
+        bf16: false,
+        cuda_graphs: false,
+    }
 }
 
 #[test]
