@@ -136,7 +136,8 @@ fid_timing() {
   "$py" scripts/python/cifar_format.py "$out/fid-data" 10000
   PYTHONPATH="$stage/py" "$py" scripts/python/fid_random_weights.py "$out/fid-weights.safetensors"
   "$bin" train --config options.yml "${cifar[@]}" --set train.grid_samples=0 --max-steps 20
-  /usr/bin/time -f "eval: %e s wall, %M KiB peak RSS" "$bin" eval --config options.yml "${cifar[@]}" --metric fid \
+  local TIMEFORMAT="eval: %R s wall"
+  time "$bin" eval --config options.yml "${cifar[@]}" --metric fid \
     -n 10000 --set sample.batch_size=1000 --inception "$out/fid-weights.safetensors" --inception-any-weights \
     --json "$out/fid-10k.json"
 }
