@@ -104,8 +104,8 @@ run ddpm-unet-fp32 80 "$bin" bench --config configs/cifar10-ddpm-paper.yml --set
   --repeats 50 --epoch-steps 0 --no-sampling --json "$out/ddpm-unet-fp32.json"
 run ddpm-unet-bf16 80 "$bin" bench --config configs/cifar10-ddpm-paper.yml --set device=cuda:0 --batches 128 \
   --repeats 50 --epoch-steps 0 --no-sampling --set train.precision=bf16 --json "$out/ddpm-unet-bf16.json"
-run pytorch 180 "$py" scripts/python/bench_pytorch.py --device cuda --threads "$(nproc)" --data "$data/mnist" \
-  --epoch-steps 118 --variants eager,channels_last,compile --json "$out/pytorch.json"
+run pytorch 240 "$py" scripts/python/bench_pytorch.py --device cuda --threads "$(nproc)" --data "$data/mnist" \
+  --epoch-steps 118 --variants eager,channels_last,compile,reduce_overhead --json "$out/pytorch.json"
 run nccl 60 env WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29561 DDPM_DIST_BACKEND=nccl \
   "$bin" train --config options.yml --set device=cuda:0 --set dataset.root="$data" --set dataset.download=false \
   --set train.run_dir="$out/nccl-run" --set train.grid_samples=0 --max-steps 5

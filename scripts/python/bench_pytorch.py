@@ -6,6 +6,8 @@ count as ddpm, in several variants:
   fused           channels-last with Adam(fused=True), PyTorch's fastest eager training step
   compile_frozen  torch.compile with torch._inductor.config.freezing = True (weights folded and
                   pre-packed for inference: PyTorch's best inference on a CPU)
+  reduce_overhead torch.compile(mode="reduce-overhead") with Adam(fused=True): inductor's kernels
+                  replayed from CUDA graphs (GPU only)
   bf16            channels-last eager under bfloat16 autocast (training and inference), where the
                   device runs bf16 (skipped elsewhere)
 Measures what `ddpm bench` measures and writes JSON.
@@ -67,12 +69,15 @@ def bench_variant(name, repeats):
     last = name in ("channels_last", "fused", "bf16")
     fmt = torch.channels_last if last else torch.contiguous_format
     net = net.to(memory_format=fmt)
-    opt = torch.optim.Adam(net.parameters(), 1e-3, fused=(name == "fused") or None)
+    opt = torch.optim.Adam(net.parameters(), 1e-3, fused=(name in ("fused", "reduce_overhead")) or None)
     if name in ("compile", "compile_frozen"):
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = name == "compile_frozen"
-    model = torch.compile(net) if name in ("compile", "compile_frozen") else net
+    if name == "reduce_overhead":
+        model = torch.compile(net, mode="reduce-overhead")
+    else:
+        model = torch.compile(net) if name in ("compile", "compile_frozen") else net
     device_type = "cuda" if DEVICE.startswith("cuda") else "cpu"
 
     def autocast():

@@ -43,51 +43,53 @@ def main(out):
     machine = text(out, "machine.txt").strip().splitlines()
     lines = [f"## GPU check: {machine[0] if machine else 'unknown GPU'}", ""]
     lines += [f"- {m}" for m in machine[1:]]
-    lines += ["", "| measure | ddpm | PyTorch eager | channels-last | torch.compile |", "|---|---|---|---|---|"]
+    lines += ["", "| measure | ddpm | PyTorch eager | channels-last | torch.compile | compile, reduce-overhead |",
+              "|---|---|---|---|---|---|"]
     variants = (pt or {}).get("variants", {})
 
     def pt_row(key_fn, pattern):
-        return [fmt(key_fn(variants[v]) if v in variants else None, pattern) for v in ("eager", "channels_last", "compile")]
+        return [fmt(key_fn(variants[v]) if v in variants else None, pattern)
+                for v in ("eager", "channels_last", "compile", "reduce_overhead")]
 
     for batch in (128, 512):
         d = train(demo, batch)
         cells = pt_row(lambda v: dict((b, ips) for b, _, ips in v["train"]).get(batch), "{:.0f}")
         lines.append(f"| demo UNet: train images/s, batch {batch} | {fmt(d and d[1], '{:.0f}')} | " + " | ".join(cells) + " |")
     epoch_pt = fmt((pt or {}).get("epoch_sec"), "{:.1f} s")
-    lines.append(f"| demo UNet: one MNIST epoch, batch 512, data included | {fmt((demo or {}).get('epoch_sec'), '{:.1f} s')} | {epoch_pt} (torchvision DataLoader) | | |")
+    lines.append(f"| demo UNet: one MNIST epoch, batch 512, data included | {fmt((demo or {}).get('epoch_sec'), '{:.1f} s')} | {epoch_pt} (torchvision DataLoader) | | | |")
     cells = pt_row(lambda v: v.get("forward81_sec", 0) * 1e3, "{:.2f} ms")
     lines.append(f"| demo UNet: denoising forward, batch 81 | {fmt((demo or {}).get('forward81_sec', 0) * 1e3 if demo else None, '{:.2f} ms')} | " + " | ".join(cells) + " |")
     cells = pt_row(lambda v: v.get("sample_ddpm_sec"), "{:.2f} s")
     lines.append(f"| demo UNet: 81 samples, DDPM-1000 | {fmt((demo or {}).get('sample_ddpm_sec'), '{:.2f} s')} | " + " | ".join(cells) + " |")
-    lines.append(f"| demo UNet: 81 samples, DDIM-50 | {fmt((demo or {}).get('sample_ddim50_sec'), '{:.2f} s')} | | | |")
-    lines.append(f"| demo UNet: 81 samples, DPM-Solver++(2M)-20 | {fmt((demo or {}).get('sample_dpm20_sec'), '{:.2f} s')} | | | |")
+    lines.append(f"| demo UNet: 81 samples, DDIM-50 | {fmt((demo or {}).get('sample_ddim50_sec'), '{:.2f} s')} | | | | |")
+    lines.append(f"| demo UNet: 81 samples, DPM-Solver++(2M)-20 | {fmt((demo or {}).get('sample_dpm20_sec'), '{:.2f} s')} | | | | |")
     dtype = re.search(r"autocast dtype (\w+)", text(out, "ddpm-unet-bf16.log"))
     for name, r in (("fp32", fp32), ("bf16", bf16)):
         t = train(r, 128)
         finite = "" if r is None else (f", {r['train_steps_run']} steps, losses " + ("finite" if r["train_losses_finite"] else "NOT finite"))
         extra = f", autocast dtype {dtype.group(1)}" if name == "bf16" and dtype else ""
         cell = "failed" if t is None else f"{t[0] * 1e3:.1f} ms/step ({t[1]:.0f} images/s){finite}{extra}"
-        lines.append(f"| paper UNet (35.7M), batch 128, {name} | {cell} | | | |")
+        lines.append(f"| paper UNet (35.7M), batch 128, {name} | {cell} | | | | |")
     mem = [int(x) for x in text(out, "gpu-memory.log").split() if x.strip().isdigit()]
     pt_mem = (pt or {}).get("peak_gpu_mib")
-    lines.append(f"| peak GPU memory in use (nvidia-smi, whole check) | {max(mem) if mem else 'n/a'} MiB | {fmt(pt_mem, '{:.0f} MiB allocated by torch')} | | |")
+    lines.append(f"| peak GPU memory in use (nvidia-smi, whole check) | {max(mem) if mem else 'n/a'} MiB | {fmt(pt_mem, '{:.0f} MiB allocated by torch')} | | | |")
     nccl = text(out, "nccl.log")
     status = text(out, "status.txt")
     ok = re.search(r"^nccl: exit 0", status, re.M) is not None
     last = [l for l in nccl.strip().splitlines() if l.strip()][-1:] or ["no log"]
-    lines.append(f"| data-parallel step, 1 process, NCCL | {'ran 5 steps' if ok else 'failed: ' + last[0][-160:]} | | | |")
+    lines.append(f"| data-parallel step, 1 process, NCCL | {'ran 5 steps' if ok else 'failed: ' + last[0][-160:]} | | | | |")
     # CUDA graphs: the sampling rows without them, and the samples compared.
     nog = load(out, "ddpm-demo-nographs.json")
     used = (demo or {}).get("sample_cuda_graphs")
-    lines.append(f"| demo UNet sampling above used CUDA graphs | {'yes' if used else 'no' if demo else 'failed'} | | | |")
+    lines.append(f"| demo UNet sampling above used CUDA graphs | {'yes' if used else 'no' if demo else 'failed'} | | | | |")
     for key, what in (("forward81_sec", "denoising forward, batch 81"), ("sample_ddpm_sec", "81 samples, DDPM-1000"),
                       ("sample_ddim50_sec", "81 samples, DDIM-50"), ("sample_dpm20_sec", "81 samples, DPM-Solver++(2M)-20")):
         on, off = (demo or {}).get(key), (nog or {}).get(key)
         scale, unit = (1e3, "ms") if key == "forward81_sec" else (1, "s")
         cell = "failed" if on is None or off is None else f"{off * scale:.2f} {unit} without graphs, {on * scale:.2f} {unit} with ({off / on:.2f}x)"
-        lines.append(f"| demo UNet: {what}, CUDA graphs off vs on | {cell} | | | |")
+        lines.append(f"| demo UNet: {what}, CUDA graphs off vs on | {cell} | | | | |")
     for m in re.finditer(r"^(\S+): graphs vs no graphs, max \|difference\| (\S+)", text(out, "graphs-equal.log"), re.M):
-        lines.append(f"| {m.group(1)} samples (81, same seed), graphs vs no graphs | max abs difference {m.group(2)} | | | |")
+        lines.append(f"| {m.group(1)} samples (81, same seed), graphs vs no graphs | max abs difference {m.group(2)} | | | | |")
     fid = load(out, "fid-10k.json")
     wall = re.search(r"eval: ([\d.]+) s wall", text(out, "fid-10k.log"))
     if fid:
@@ -95,7 +97,7 @@ def main(out):
                 f"({fid['sampler']}, {fid['steps']} steps), Inception + FID {fid['feature_seconds']:.1f} s (random weights)")
     else:
         cell = "failed (fid-10k.log)"
-    lines.append(f"| ddpm eval --metric fid -n 10000, demo UNet, CIFAR-10 shape | {cell} | | | |")
+    lines.append(f"| ddpm eval --metric fid -n 10000, demo UNet, CIFAR-10 shape | {cell} | | | | |")
     lines += ["", "```", status.strip(), "```"]
     print("\n".join(lines))
 
