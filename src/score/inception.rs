@@ -375,7 +375,9 @@ impl Inception {
         let mut i = 0;
         while i < n {
             let b = batch.min(n - i);
-            let out = self.forward(&(images.narrow(0, i, b).to_kind(Kind::Float) / 255.0));
+            // Contiguous NCHW whatever the source layout (an npz is NHWC): the same kernels, the
+            // same rounding.
+            let out = self.forward(&(images.narrow(0, i, b).contiguous().to_kind(Kind::Float) / 255.0));
             pools.push(out.pool);
             if let Some(l) = out.logits {
                 logits.push(l);

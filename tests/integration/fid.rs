@@ -207,6 +207,19 @@ fn eval_metric_fid_end_to_end_on_cifar_format_files() {
     assert_eq!((&one["fid"], &one["inception_score"]), (&three["fid"], &three["inception_score"]), "{one} vs {three}");
     assert_eq!(three["processes"], 3);
     assert!(one["fid"].as_f64().unwrap() > 0.0);
+    // The same 12 samples exported as an npz (same seed and batch size) score the same.
+    let npz = d.join("s12.npz");
+    let o = common::ddpm(
+        d,
+        &[
+            &["sample", "--config", cfg, "--format", "npz", "-n", "12", "--batch-size", "4", "--set", "threads=1"][..],
+            &["--out", npz.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let exported = shared(&["--samples", npz.to_str().unwrap()]);
+    assert_eq!(exported["fid"], one["fid"], "{exported} vs {one}");
     // The same pictures as an npz and as a PNG folder: FID 0 (to rounding).
     let o = common::ddpm(
         d,
