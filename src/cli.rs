@@ -109,6 +109,10 @@ pub struct EvalArgs {
     /// configured dataset (statistics cached under dataset.root).
     #[arg(long = "ref", value_name = "PATH")]
     pub reference: Option<PathBuf>,
+    /// --metric fid: score N images of the dataset's test split instead of samples, against the
+    /// same reference: the real-vs-real floor at this N, to read other FIDs at this N against.
+    #[arg(long, conflicts_with_all = ["samples", "checkpoint"])]
+    pub real_vs_real: bool,
     /// --metric fid: accept weights other than the official ones (the number is then not
     /// comparable with anyone's).
     #[arg(long)]

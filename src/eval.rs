@@ -30,6 +30,8 @@ pub struct EvalRequest {
     pub inception: Option<PathBuf>,
     pub reference: Option<PathBuf>,
     pub inception_any_weights: bool,
+    /// `--real-vs-real`: N test-split images in place of samples (FID only).
+    pub real_vs_real: bool,
 }
 
 /// One evaluation.
@@ -259,6 +261,19 @@ pub fn eval_fid(cfg: &Config, req: &EvalRequest) -> Result<Option<FidResult>> {
     let mut sample_seconds = 0.0;
     // The samples' features.
     let (feats, name, sampler, steps) = match &req.samples {
+        None if req.real_vs_real => {
+            let test = data::load(&cfg.dataset, Split::Test)?;
+            if test.len() < n {
+                bail!(UsageError(format!(
+                    "--real-vs-real: the test split of {} has {} images, fewer than --n {n}",
+                    cfg.dataset.name,
+                    test.len()
+                )));
+            }
+            let px = test.images.narrow(0, 0, n);
+            let f = features_of(&shard, &net, &px, batch, &rows, "Inception (test images)")?;
+            (f, format!("{} test images", cfg.dataset.name), "real".to_string(), 0)
+        }
         Some(p) => {
             let px = match p.extension().is_some_and(|e| e == "safetensors") {
                 true => crate::grid::to_pixels(&read_samples(p, n)?.0),

@@ -68,7 +68,15 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 inception: a.inception.clone(),
                 reference: a.reference.clone(),
                 inception_any_weights: a.inception_any_weights,
+                real_vs_real: a.real_vs_real,
             };
+            if a.real_vs_real && a.metric != "fid" {
+                return Err(error::UsageError(
+                    "--real-vs-real goes with --metric fid (the CNN metric prints its real-vs-real column always)"
+                        .into(),
+                )
+                .into());
+            }
             // Ranks other than 0 of a data-parallel evaluation return no result.
             if a.metric == "fid" {
                 if let Some(r) = ddpm::eval::eval_fid(&cfg, &req)? {

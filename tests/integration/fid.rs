@@ -207,6 +207,14 @@ fn eval_metric_fid_end_to_end_on_cifar_format_files() {
     assert_eq!((&one["fid"], &one["inception_score"]), (&three["fid"], &three["inception_score"]), "{one} vs {three}");
     assert_eq!(three["processes"], 3);
     assert!(one["fid"].as_f64().unwrap() > 0.0);
+    // The real-vs-real floor: 12 test images against the same reference.
+    let real = shared(&["--real-vs-real"]);
+    assert_eq!((real["samples"].as_str(), real["sampler"].as_str()), (Some("cifar10 test images"), Some("real")));
+    let floor = real["fid"].as_f64().unwrap();
+    assert!(floor.is_finite() && floor > 0.0 && floor != one["fid"].as_f64().unwrap(), "{real}");
+    let o = common::ddpm(d, &["eval", "--config", cfg, "--real-vs-real", "-n", "12"]);
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    assert!(common::stderr(&o).contains("--real-vs-real goes with --metric fid"), "{}", common::stderr(&o));
     // The same 12 samples exported as an npz (same seed and batch size) score the same.
     let npz = d.join("s12.npz");
     let o = common::ddpm(
