@@ -8,9 +8,9 @@
 #include <c10/core/Event.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include <cstdio>
 #include <optional>
-#include <string>
+
+#include "guarded.h"
 
 namespace {
 
@@ -20,19 +20,6 @@ struct Graph {
   std::optional<c10::cuda::CUDAStream> previous;
   explicit Graph(c10::DeviceIndex device) : side(c10::cuda::getStreamFromPool(false, device)) {}
 };
-
-template <typename F>
-int guarded(char* err, size_t errlen, F&& f) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    std::snprintf(err, errlen, "%s", e.what());
-  } catch (...) {
-    std::snprintf(err, errlen, "unknown C++ exception");
-  }
-  return 1;
-}
 
 }  // namespace
 

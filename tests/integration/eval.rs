@@ -10,6 +10,15 @@ fn t(v: &[f64], shape: &[i64]) -> Tensor {
     Tensor::from_slice(v).view(shape)
 }
 
+/// The tiny MNIST of `common` in `d/data`, with its training files copied as the test split
+/// (the same kind of bars).
+fn tiny_mnist_with_test_split(d: &std::path::Path, n: usize) {
+    common::write_tiny_mnist(&d.join("data"), n);
+    let m = d.join("data/mnist");
+    std::fs::copy(m.join("train-images-idx3-ubyte"), m.join("t10k-images-idx3-ubyte")).unwrap();
+    std::fs::copy(m.join("train-labels-idx1-ubyte"), m.join("t10k-labels-idx1-ubyte")).unwrap();
+}
+
 #[test]
 fn frechet_distance_of_a_set_with_itself_is_zero_and_it_is_symmetric() {
     let _rng = common::rng_lock();
@@ -84,11 +93,7 @@ fn the_classifier_exceeds_98_percent_on_real_mnist() {
 fn eval_command_scores_saved_samples_beside_the_real_reference() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    common::write_tiny_mnist(&d.join("data"), 64);
-    // A test split: the same kind of bars.
-    let m = d.join("data/mnist");
-    std::fs::copy(m.join("train-images-idx3-ubyte"), m.join("t10k-images-idx3-ubyte")).unwrap();
-    std::fs::copy(m.join("train-labels-idx1-ubyte"), m.join("t10k-labels-idx1-ubyte")).unwrap();
+    tiny_mnist_with_test_split(d, 64);
     let cfg = common::tiny_config(d);
     let xs = ddpm::data::to_signed_unit(
         &ddpm::data::load(
@@ -147,10 +152,7 @@ fn eval_command_scores_saved_samples_beside_the_real_reference() {
 fn evaluation_during_training_goes_into_evals_jsonl_and_a_plot() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    common::write_tiny_mnist(&d.join("data"), 48);
-    let m = d.join("data/mnist");
-    std::fs::copy(m.join("train-images-idx3-ubyte"), m.join("t10k-images-idx3-ubyte")).unwrap();
-    std::fs::copy(m.join("train-labels-idx1-ubyte"), m.join("t10k-labels-idx1-ubyte")).unwrap();
+    tiny_mnist_with_test_split(d, 48);
     let cfg = common::tiny_config(d);
     let o = common::ddpm(
         d,
@@ -185,10 +187,7 @@ fn evaluation_during_training_goes_into_evals_jsonl_and_a_plot() {
 fn an_evaluation_shared_among_processes_scores_what_one_process_scores() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    common::write_tiny_mnist(&d.join("data"), 48);
-    let m = d.join("data/mnist");
-    std::fs::copy(m.join("train-images-idx3-ubyte"), m.join("t10k-images-idx3-ubyte")).unwrap();
-    std::fs::copy(m.join("train-labels-idx1-ubyte"), m.join("t10k-labels-idx1-ubyte")).unwrap();
+    tiny_mnist_with_test_split(d, 48);
     let cfg = common::tiny_config(d);
     let c = cfg.to_str().unwrap();
     let o = common::ddpm(d, &["train", "--config", c, "--max-steps", "4"]);

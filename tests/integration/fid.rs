@@ -10,6 +10,9 @@ use ddpm::score::inception::Inception;
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
 
+/// Where `fid_random_weights.py` (the network at random) lives.
+const SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/python");
+
 /// pytorch-fid's InceptionV3 (block 3, 2048-d) with random weights in place of the download:
 /// writes the weights (official names), random images of three shapes and pytorch-fid's
 /// features of them.
@@ -18,23 +21,9 @@ import sys, torch
 import pytorch_fid.inception as fi
 from safetensors.torch import save_file
 out = sys.argv[1]
-torch.manual_seed(0)
-net = fi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
-net.Mixed_5b = fi.FIDInceptionA(192, pool_features=32)
-net.Mixed_5c = fi.FIDInceptionA(256, pool_features=64)
-net.Mixed_5d = fi.FIDInceptionA(288, pool_features=64)
-net.Mixed_6b = fi.FIDInceptionC(768, channels_7x7=128)
-net.Mixed_6c = fi.FIDInceptionC(768, channels_7x7=160)
-net.Mixed_6d = fi.FIDInceptionC(768, channels_7x7=160)
-net.Mixed_6e = fi.FIDInceptionC(768, channels_7x7=192)
-net.Mixed_7b = fi.FIDInceptionE_1(1280)
-net.Mixed_7c = fi.FIDInceptionE_2(2048)
-for m in net.modules():
-    if isinstance(m, torch.nn.Conv2d):
-        torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-    elif isinstance(m, torch.nn.BatchNorm2d):
-        m.running_mean.uniform_(-0.2, 0.2); m.running_var.uniform_(0.5, 1.5)
-        m.weight.data.uniform_(0.5, 1.5); m.bias.data.uniform_(-0.2, 0.2)
+sys.path.insert(0, sys.argv[2])
+from fid_random_weights import build
+net = build(0, random_bn=True)
 state = {k: v for k, v in net.state_dict().items() if v.is_floating_point()}
 fi.load_state_dict_from_url = lambda *a, **k: net.state_dict()
 model = fi.InceptionV3([3]).eval()
@@ -56,7 +45,7 @@ save_file(feats, f"{out}/features.safetensors")
 fn inception_features_match_pytorch_fid() {
     let Some(py) = common::venv_python() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let o = Command::new(&py).args(["-c", MAKE, dir.path().to_str().unwrap()]).output().unwrap();
+    let o = Command::new(&py).args(["-c", MAKE, dir.path().to_str().unwrap(), SCRIPTS]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let net = Inception::load(&dir.path().join("weights.safetensors"), Device::Cpu, true).unwrap();
     let read = |f: &str| -> std::collections::HashMap<String, Tensor> {
@@ -162,7 +151,7 @@ fn eval_metric_fid_end_to_end_on_cifar_format_files() {
     let Some(py) = common::venv_python() else { return };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let o = Command::new(&py).args(["-c", MAKE, d.to_str().unwrap()]).output().unwrap();
+    let o = Command::new(&py).args(["-c", MAKE, d.to_str().unwrap(), SCRIPTS]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     crate::data::write_cifar(&d.join("data/cifar-10-batches-bin"), 12);
     let yml = format!(
