@@ -73,6 +73,7 @@ fn compile_ops(lib: &Path, include: &Path) {
         .cpp(true)
         .std("c++17")
         .file("csrc/ops.cpp")
+        .file("csrc/fused_conv.cpp")
         .include(include)
         .include(include.join("torch/csrc/api/include"))
         .define("_GLIBCXX_USE_CXX11_ABI", "1")

@@ -165,6 +165,8 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
         return Ok(result);
     }
     let ddpm = &model.scheduler;
+    // No gradients are recorded while sampling (PyTorch's side runs under torch.no_grad() too).
+    let _no_grad = tch::no_grad_guard();
     // The network as the samplers run it: under bf16 autocast with `sample.precision: bf16`.
     let bf16 = cfg.sample.precision == Precision::Bf16 && crate::precision::bf16_available(device);
     let graphed = crate::graph::Graphed::new(model.net.as_ref(), cfg.sample.cuda_graphs && !bf16);

@@ -44,6 +44,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         _ => Config::load(&cli.config, &overrides)?,
     };
+    ddpm::model::fused::set_enabled(cfg.sample.freeze);
     match &cli.command {
         Command::Train(TrainArgs { nproc: Some(n), .. })
         | Command::Eval(EvalArgs { nproc: Some(n), .. })

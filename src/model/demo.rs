@@ -37,6 +37,11 @@ impl UnetBlock {
     }
 
     pub fn forward(&self, xs: &Tensor) -> Tensor {
+        if super::fused::usable(xs) {
+            if let Some(out) = self.forward_fused(xs) {
+                return out;
+            }
+        }
         let out = self.ln.forward(xs).apply(&self.conv1).relu().apply(&self.conv2);
         let out = match (self.residual, &self.residual_conv) {
             (false, _) => out,
@@ -44,6 +49,19 @@ impl UnetBlock {
             (true, None) => out + xs,
         };
         out.relu()
+    }
+
+    /// The same block in three oneDNN calls: conv1 + ReLU, the 1x1 residual conv (when the
+    /// channels change), conv2 + residual + ReLU (conv2 + ReLU without the residual).
+    fn forward_fused(&self, xs: &Tensor) -> Option<Tensor> {
+        use super::fused::conv;
+        let h = conv(&self.ln.forward(xs), &self.conv1, 1, None, true)?;
+        let skip = match (self.residual, &self.residual_conv) {
+            (false, _) => None,
+            (true, Some(c)) => Some(conv(xs, c, 0, None, false)?),
+            (true, None) => Some(xs.shallow_clone()),
+        };
+        conv(&h, &self.conv2, 1, skip.as_ref(), true)
     }
 }
 

@@ -6,6 +6,7 @@ pub mod config;
 pub mod ddpm_init;
 pub mod demo;
 pub mod embedding;
+pub mod fused;
 pub mod unet;
 
 pub use config::{DemoConfig, NetworkConfig, UnetConfig};

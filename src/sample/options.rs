@@ -39,6 +39,9 @@ pub struct SampleConfig {
     /// CUDA: replay the network's kernels from a CUDA graph captured once per batch shape
     /// (fp32; no effect on the CPU or with precision bf16).
     pub cuda_graphs: bool,
+    /// CPU: the demo network's blocks run oneDNN-fused conv + ReLU and conv + add + ReLU calls
+    /// wherever no gradient is recorded (sampling, grids, evaluation; fp32).
+    pub freeze: bool,
 }
 
 impl Default for SampleConfig {
@@ -58,6 +61,7 @@ impl Default for SampleConfig {
             format: super::export::Format::Grid,
             precision: crate::train::options::Precision::Fp32,
             cuda_graphs: true,
+            freeze: true,
         }
     }
 }

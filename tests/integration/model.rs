@@ -267,3 +267,34 @@ fn rotation_keeps_the_newest_epochs() {
         assert_eq!(left, want, "keep {keep}");
     }
 }
+
+/// `sample.freeze`: the demo network (plain and residual blocks, a 1x1 residual conv where the
+/// channels change) gives the same output through the oneDNN-fused calls as through the plain
+/// ones, and the fused calls are taken only where no gradient is recorded.
+#[test]
+fn fused_inference_equals_the_plain_network() {
+    let _lock = common::rng_lock();
+    for residual in [true, false] {
+        tch::manual_seed(5);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = model::build(&vs, &net_cfg(residual), [1, 28, 28], 1000);
+        let x = model::channels_last(&Tensor::randn([6, 1, 28, 28], (Kind::Float, Device::Cpu)));
+        let t = Tensor::from_slice(&[0i64, 10, 200, 500, 900, 999]);
+        // With gradients recorded: the plain path.
+        let before = model::fused::calls();
+        let with_grad = net.forward(&x, &t, None).detach();
+        assert_eq!(model::fused::calls(), before, "a recorded forward took the fused path");
+        let _guard = tch::no_grad_guard();
+        model::fused::set_enabled(false);
+        let plain = net.forward(&x, &t, None);
+        assert_eq!(model::fused::calls(), before);
+        model::fused::set_enabled(true);
+        let fused = net.forward(&x, &t, None);
+        // 14 blocks of two or three fused calls each.
+        assert!(model::fused::calls() >= before + 28, "the fused path was not taken");
+        let diff = (&fused - &plain).abs().max().double_value(&[]);
+        assert!(diff <= 1e-5, "residual {residual}: fused and plain differ by {diff}");
+        assert!((&with_grad - &plain).abs().max().double_value(&[]) <= 1e-5);
+        assert!(plain.abs().max().double_value(&[]) > 1e-3, "a trivial output proves nothing");
+    }
+}
