@@ -125,9 +125,7 @@ type Drawn = (Tensor, Option<Tensor>, String, String, usize);
 
 /// Saved samples (`--samples`, a ddpm tensor file): the first `n`.
 fn read_samples(p: &std::path::Path, n: i64) -> Result<Drawn> {
-    let t = Tensor::read_safetensors(p).with_context(|| format!("reading samples {}", p.display()))?;
-    let xs = t.into_iter().find(|(k, _)| k == "samples").map(|(_, v)| v);
-    let xs = xs.with_context(|| format!("{}: no tensor named 'samples'", p.display()))?;
+    let xs = crate::score::fid::read_sample_tensor(p)?;
     if xs.size()[0] < n {
         bail!(UsageError(format!("{} holds {} samples, fewer than --n {n}", p.display(), xs.size()[0])));
     }
@@ -181,10 +179,8 @@ impl Drawing {
 
     /// A bar over this rank's share of `n` images in batches of `batch`.
     fn bar(shard: &Shard, n: i64, batch: i64, what: &str) -> indicatif::ProgressBar {
-        let batch = batch.clamp(1, n.max(1));
-        let mine: i64 = shard.mine((n + batch - 1) / batch).iter().map(|&k| batch.min(n - k * batch)).sum();
         crate::logging::progress_bar(
-            mine as u64,
+            shard.images_of(n, batch) as u64,
             &format!("{what} [{{bar:30}}] {{pos}}/{{len}} images {{per_sec}} ETA {{eta}}"),
         )
     }
@@ -275,10 +271,7 @@ pub fn eval_fid(cfg: &Config, req: &EvalRequest) -> Result<Option<FidResult>> {
             (f, format!("{} test images", cfg.dataset.name), "real".to_string(), 0)
         }
         Some(p) => {
-            let px = match p.extension().is_some_and(|e| e == "safetensors") {
-                true => crate::grid::to_pixels(&read_samples(p, n)?.0),
-                false => fid::load_images(p)?,
-            };
+            let px = fid::load_images(p)?;
             if px.size()[0] < n {
                 bail!(UsageError(format!("{} holds {} images, fewer than --n {n}", p.display(), px.size()[0])));
             }

@@ -35,14 +35,16 @@ struct CudaGraph {
     handle: *mut std::ffi::c_void,
 }
 
-#[cfg(not(ddpm_no_cuda_graphs))]
-fn call(what: &str, f: impl FnOnce(*mut std::ffi::c_char, usize) -> i32) -> Result<()> {
-    let mut err = vec![0 as std::ffi::c_char; 1024];
-    if f(err.as_mut_ptr(), err.len()) != 0 {
-        let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
-        bail!("CUDA graph {what}: {msg}");
-    }
-    Ok(())
+/// What to do with a graph.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    /// Make the side stream current (after it waits for the current stream).
+    Enter,
+    /// Back to the previous stream, which waits for the side stream.
+    Exit,
+    Begin,
+    End,
+    Replay,
 }
 
 impl CudaGraph {
@@ -61,36 +63,27 @@ impl CudaGraph {
         bail!("this ddpm was built without the CUDA headers: no CUDA graphs (cuda:{device})")
     }
 
-    #[cfg(not(ddpm_no_cuda_graphs))]
-    fn step(
-        &self,
-        what: &str,
-        f: unsafe extern "C" fn(*mut std::ffi::c_void, *mut std::ffi::c_char, usize) -> i32,
-    ) -> Result<()> {
-        call(what, |e, n| unsafe { f(self.handle, e, n) })
-    }
-
-    #[cfg(ddpm_no_cuda_graphs)]
-    fn step(&self, what: &str, _f: ()) -> Result<()> {
-        bail!("CUDA graph {what}: not built")
+    fn step(&self, op: Op) -> Result<()> {
+        #[cfg(not(ddpm_no_cuda_graphs))]
+        {
+            let f = match op {
+                Op::Enter => ffi::ddpm_graph_enter,
+                Op::Exit => ffi::ddpm_graph_exit,
+                Op::Begin => ffi::ddpm_graph_capture_begin,
+                Op::End => ffi::ddpm_graph_capture_end,
+                Op::Replay => ffi::ddpm_graph_replay,
+            };
+            let mut err = vec![0 as std::ffi::c_char; 1024];
+            if unsafe { f(self.handle, err.as_mut_ptr(), err.len()) } != 0 {
+                let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
+                bail!("CUDA graph {op:?}: {msg}");
+            }
+            Ok(())
+        }
+        #[cfg(ddpm_no_cuda_graphs)]
+        bail!("CUDA graph {op:?}: not built")
     }
 }
-
-#[cfg(not(ddpm_no_cuda_graphs))]
-use ffi::{
-    ddpm_graph_capture_begin as BEGIN, ddpm_graph_capture_end as END, ddpm_graph_enter as ENTER,
-    ddpm_graph_exit as EXIT, ddpm_graph_replay as REPLAY,
-};
-#[cfg(ddpm_no_cuda_graphs)]
-const BEGIN: () = ();
-#[cfg(ddpm_no_cuda_graphs)]
-const END: () = ();
-#[cfg(ddpm_no_cuda_graphs)]
-const ENTER: () = ();
-#[cfg(ddpm_no_cuda_graphs)]
-const EXIT: () = ();
-#[cfg(ddpm_no_cuda_graphs)]
-const REPLAY: () = ();
 
 impl Drop for CudaGraph {
     fn drop(&mut self) {
@@ -152,7 +145,7 @@ impl<'a> Graphed<'a> {
         if let (Some(sy), Some(y)) = (&c.y, labels) {
             sy.shallow_clone().f_copy_(y)?;
         }
-        c.graph.step("replay", REPLAY)?;
+        c.graph.step(Op::Replay)?;
         // The next replay overwrites `out`; multistep solvers keep earlier outputs.
         Ok(c.out.copy())
     }
@@ -162,7 +155,7 @@ impl<'a> Graphed<'a> {
         let _guard = tch::no_grad_guard();
         let (x, t, y) = (xs.copy(), t.copy(), labels.map(Tensor::copy));
         let graph = CudaGraph::new(device)?;
-        graph.step("stream", ENTER)?;
+        graph.step(Op::Enter)?;
         // A libtorch error inside the network is a panic in tch: caught, with the capture ended.
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
@@ -170,16 +163,16 @@ impl<'a> Graphed<'a> {
             for _ in 0..WARMUP {
                 let _ = self.inner.forward(&x, &t, y.as_ref());
             }
-            graph.step("capture", BEGIN)?;
+            graph.step(Op::Begin)?;
             let out = self.inner.forward(&x, &t, y.as_ref());
-            graph.step("capture", END)?;
+            graph.step(Op::End)?;
             Ok(out)
         }));
         std::panic::set_hook(hook);
         let out = match run {
             Ok(r) => r,
             Err(p) => {
-                let _ = graph.step("capture", END);
+                let _ = graph.step(Op::End);
                 let msg = p
                     .downcast_ref::<String>()
                     .cloned()
@@ -188,7 +181,7 @@ impl<'a> Graphed<'a> {
                 Err(anyhow::anyhow!("the network failed while captured: {}", msg.lines().next().unwrap_or("")))
             }
         };
-        let exited = graph.step("stream", EXIT);
+        let exited = graph.step(Op::Exit);
         let out = out?;
         exited?;
         Ok(Captured { graph, x, t, y, out })

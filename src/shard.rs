@@ -57,6 +57,12 @@ impl Shard {
         (self.rank as i64..batches).step_by(self.world).collect()
     }
 
+    /// How many of `n` images in batches of `batch` this rank handles.
+    pub fn images_of(&self, n: i64, batch: i64) -> i64 {
+        let batch = batch.clamp(1, n.max(1));
+        self.mine((n + batch - 1) / batch).iter().map(|&k| batch.min(n - k * batch)).sum()
+    }
+
     /// Waits for every rank.
     pub fn barrier(&self) -> Result<()> {
         if let Some(g) = &self.group {

@@ -88,6 +88,14 @@ fn npz_images(path: &Path, named: Vec<(String, Tensor)>) -> Result<Tensor> {
     Ok(arr.permute([0, 3, 1, 2]).contiguous())
 }
 
+/// The `samples` tensor of a file written by `ddpm sample --save-tensor` (float `[N, C, H, W]`
+/// in about [-1, 1]).
+pub fn read_sample_tensor(path: &Path) -> Result<Tensor> {
+    let named = Tensor::read_safetensors(path).with_context(|| format!("reading samples {}", path.display()))?;
+    let xs = named.into_iter().find(|(k, _)| k == "samples").map(|(_, v)| v);
+    xs.with_context(|| UsageError(format!("{}: no tensor named 'samples'", path.display())))
+}
+
 /// uint8 images `[N, C, H, W]` from a ddpm sample tensor, an `.npz` (`arr_0`, NHWC) or a
 /// folder of pictures.
 pub fn load_images(path: &Path) -> Result<Tensor> {
@@ -111,12 +119,7 @@ pub fn load_images(path: &Path) -> Result<Tensor> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     match ext {
         "npz" => npz_images(path, read_npz(path)?),
-        "safetensors" => {
-            let named = Tensor::read_safetensors(path).with_context(|| format!("reading samples {}", path.display()))?;
-            let xs = named.into_iter().find(|(k, _)| k == "samples").map(|(_, v)| v);
-            let xs = xs.with_context(|| UsageError(format!("{}: no tensor named 'samples'", path.display())))?;
-            Ok(crate::grid::to_pixels(&xs))
-        }
+        "safetensors" => Ok(crate::grid::to_pixels(&read_sample_tensor(path)?)),
         _ => bail!(UsageError(format!(
             "{}: expected a folder of pictures, an .npz (arr_0 uint8 NHWC, or mu/sigma statistics) or a .safetensors of samples",
             path.display()

@@ -132,6 +132,12 @@ fn exports_are_the_same_for_any_number_of_processes() {
         assert!(bytes == std::fs::read(&out).unwrap(), "--nproc {n}: the npz differs from one process's");
         assert!(!d.join(format!("nproc{n}.npz.parts")).exists(), "the parts are removed");
     }
+    // Rank 0 refuses to overwrite an export; the other rank stops too, and the message says why.
+    let o = export(d, &cfg, "npz", &one, &["--nproc", "2"]);
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    let err = common::stderr(&o);
+    assert!(err.contains("exists: choose another --out") && err.contains("rank 0 could not start the export"), "{err}");
+    assert!(bytes == std::fs::read(&one).unwrap(), "the refused export touched the file");
     // A PNG folder from 3 processes, half of it lost, resumed by 2 processes: the same files
     // as one process writes.
     let single = d.join("single");
@@ -153,4 +159,22 @@ fn exports_are_the_same_for_any_number_of_processes() {
     let err = common::stderr(&o);
     assert!(err.contains("a grid is drawn by one process") && err.contains("--format png-dir"), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn fused_and_plain_convolutions_draw_the_same_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = trained(d);
+    let grid = |freeze: &str| -> Vec<u8> {
+        let out = d.join(format!("freeze-{freeze}.png"));
+        let args = ["sample", "--config", &cfg, "--sampler", "ddim", "--steps", "5", "--out", out.to_str().unwrap()];
+        let o = common::ddpm(d, &[&args[..], &["--set", &format!("sample.freeze={freeze}")]].concat());
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        std::fs::read(out).unwrap()
+    };
+    assert!(grid("true") == grid("false"), "sample.freeze changed the samples");
+    let o = common::ddpm(d, &["sample", "--config", &cfg, "--set", "sample.freeze=sometimes"]);
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    assert!(common::stderr(&o).contains("sample.freeze"), "{}", common::stderr(&o));
 }

@@ -228,57 +228,25 @@ fn eval_metric_fid_end_to_end_on_cifar_format_files() {
         &["sample", "--config", cfg, "--format", "png-dir", "-n", "6", "--out", d.join("s").to_str().unwrap()],
     );
     assert!(o.status.success(), "{}", common::stderr(&o));
-    let o = common::ddpm(
-        d,
-        &[
-            "eval",
-            "--config",
-            cfg,
-            "--metric",
-            "fid",
-            "-n",
-            "6",
-            "--inception",
-            w.to_str().unwrap(),
-            "--inception-any-weights",
-            "--samples",
-            d.join("s.npz").to_str().unwrap(),
-            "--ref",
-            d.join("s").to_str().unwrap(),
-            "--json",
-            json.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    // The 6 exported samples scored against a reference, as JSON.
+    let saved_against = |reference: &std::path::Path| -> serde_json::Value {
+        let args = ["eval", "--config", cfg, "--metric", "fid", "-n", "6", "--inception", w.to_str().unwrap()];
+        let samples = d.join("s.npz");
+        let more = ["--inception-any-weights", "--samples", samples.to_str().unwrap(), "--ref"];
+        let o = common::ddpm(
+            d,
+            &[&args[..], &more, &[reference.to_str().unwrap(), "--json", json.to_str().unwrap()]].concat(),
+        );
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap()
+    };
+    let r = saved_against(&d.join("s"));
     assert!(r["fid"].as_f64().unwrap().abs() < 1e-3, "{r}");
     // --ref as pytorch-fid statistics (mu, sigma) of the PNG folder: 0 again, n_reference 0.
     let net = Inception::load(&w, Device::Cpu, true).unwrap();
     let px = ddpm::score::fid::load_images(&d.join("s")).unwrap();
     let stats = d.join("stats.npz");
     ddpm::score::fid::write_stats(&stats, &net.features_u8(&px, 3, "test").pool).unwrap();
-    let o = common::ddpm(
-        d,
-        &[
-            "eval",
-            "--config",
-            cfg,
-            "--metric",
-            "fid",
-            "-n",
-            "6",
-            "--inception",
-            w.to_str().unwrap(),
-            "--inception-any-weights",
-            "--samples",
-            d.join("s.npz").to_str().unwrap(),
-            "--ref",
-            stats.to_str().unwrap(),
-            "--json",
-            json.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let r = saved_against(&stats);
     assert!(r["fid"].as_f64().unwrap().abs() < 1e-3 && r["n_reference"] == 0, "{r}");
 }
