@@ -73,11 +73,14 @@ int ddpm_mkldnn_bf16_supported() {
 // One Adam (decoupled = 0) or AdamW (decoupled = 1) update of n parameters in libtorch's fused
 // kernel, the one torch.optim.Adam(fused=True) calls: params, grads, exp_avgs and exp_avg_sqs
 // hold n handles each, `step` is a float32 tensor on the parameters' device holding the step
-// count of this update (bias correction). Returns 0, or -1 with the first line of the error in
+// count of this update (bias correction). `lr_tensor`, when not null, is a float32 0-dim tensor on
+// the parameters' device holding the learning rate in place of `lr` (libtorch's tensor-lr
+// overload: the value is read by the kernel, so a CUDA graph replays it with the current rate).
+// Returns 0, or -1 with the first line of the error in
 // err (e.g. where the op has no kernel for the device or dtype; nothing was changed then).
 int ddpm_fused_adam(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_avgs, at::Tensor** exp_avg_sqs,
-                    at::Tensor* step, int n, double lr, double beta1, double beta2, double weight_decay, double eps,
-                    int decoupled, char* err, size_t errlen) {
+                    at::Tensor* step, at::Tensor* lr_tensor, int n, double lr, double beta1, double beta2,
+                    double weight_decay, double eps, int decoupled, char* err, size_t errlen) {
   try {
     at::NoGradGuard no_grad;
     std::vector<at::Tensor> p, g, m, v, steps;
@@ -93,7 +96,11 @@ int ddpm_fused_adam(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_av
       v.push_back(*exp_avg_sqs[i]);
       steps.push_back(*step);
     }
-    if (decoupled) {
+    if (lr_tensor && decoupled) {
+      at::_fused_adamw_(p, g, m, v, {}, steps, *lr_tensor, beta1, beta2, weight_decay, eps, false, false);
+    } else if (lr_tensor) {
+      at::_fused_adam_(p, g, m, v, {}, steps, *lr_tensor, beta1, beta2, weight_decay, eps, false, false);
+    } else if (decoupled) {
       at::_fused_adamw_(p, g, m, v, {}, steps, lr, beta1, beta2, weight_decay, eps, false, false);
     } else {
       at::_fused_adam_(p, g, m, v, {}, steps, lr, beta1, beta2, weight_decay, eps, false, false);

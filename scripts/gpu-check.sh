@@ -8,8 +8,10 @@
 #   - the same demo network and loop in PyTorch (the machine's own torch: eager, channels-last,
 #     torch.compile),
 #   - a one-process data-parallel training step through NCCL,
-#   - CUDA graphs: the sampling rows again with sample.cuda_graphs=false, and 81 samples of the
-#     NCCL run's checkpoint drawn with and without graphs (DDPM-1000, DPM-Solver++-20) compared,
+#   - CUDA graphs: the training and sampling rows again with train.cuda_graphs=false and
+#     sample.cuda_graphs=false, 81 samples of the NCCL run's checkpoint drawn with and without
+#     graphs (DDPM-1000, DPM-Solver++-20) compared, and 125 steps of ddpm train (an epoch and its
+#     short last batch) with graphs, without, and without again, their weights compared,
 #   - ddpm eval --metric fid -n 10000 on a CIFAR-10-shaped run (random CIFAR-format pictures, 20
 #     training steps, random FID-Inception weights: the time, not the number, is the point),
 #   - peak GPU memory (nvidia-smi, sampled every 250 ms),
@@ -55,8 +57,9 @@ steps=(
   "ddpm bench, paper UNet bf16: (the same) --set train.precision=bf16"
   "PyTorch: $py scripts/python/bench_pytorch.py --device cuda --data $data/mnist --epoch-steps 118"
   "NCCL: WORLD_SIZE=1 DDPM_DIST_BACKEND=nccl $bin train --config options.yml --max-steps 5"
-  "CUDA graphs off: $bin bench --config options.yml --set device=cuda:0 --set sample.cuda_graphs=false --batches 128 --epoch-steps 0"
+  "CUDA graphs off: $bin bench --config options.yml --set device=cuda:0 --set train.cuda_graphs=false --set sample.cuda_graphs=false --batches 128,512 --epoch-steps 0"
   "CUDA graphs on/off, same samples: $bin sample --checkpoint (the NCCL run's) --sampler ddpm|dpm-solver++ --save-tensor ..."
+  "CUDA graphs on/off/off, training: $bin train --config options.yml --max-steps 125 --set train.cuda_graphs=true|false|false"
   "FID timing: $py scripts/python/cifar_format.py; $bin train (cifar10, 20 steps); $bin eval --metric fid -n 10000"
 )
 if [ "$dry" = 1 ]; then
@@ -110,8 +113,8 @@ run nccl 60 env WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PO
   "$bin" train --config options.yml --set device=cuda:0 --set dataset.root="$data" --set dataset.download=false \
   --set train.run_dir="$out/nccl-run" --set train.grid_samples=0 --max-steps 5
 run ddpm-demo-nographs 60 "$bin" bench --config options.yml --set device=cuda:0 --set dataset.root="$data" \
-  --set dataset.download=false --batches 128 --epoch-steps 0 --repeats 3 --set sample.cuda_graphs=false \
-  --json "$out/ddpm-demo-nographs.json"
+  --set dataset.download=false --batches 128,512 --epoch-steps 0 --repeats 10 --set sample.cuda_graphs=false \
+  --set train.cuda_graphs=false --json "$out/ddpm-demo-nographs.json"
 ckpt="$out/nccl-run/checkpoints/latest.safetensors"
 graphs_equal() {
   for sampler in ddpm dpm-solver++; do
@@ -130,6 +133,30 @@ print(f"{sys.argv[3]}: graphs vs no graphs, max |difference| {(a - b).abs().max(
 export bin out py stage ckpt
 export -f graphs_equal
 run graphs-equal 60 bash -c graphs_equal
+train_graphs() {
+  local g runs=()
+  for g in true false false2; do
+    local dir="$out/train-graphs-$g"
+    runs+=("$dir/checkpoints/latest")
+    "$bin" train --config options.yml --set device=cuda:0 --set dataset.root="$data" --set dataset.download=false \
+      --set train.run_dir="$dir" --set train.grid_samples=0 --set train.cuda_graphs="${g%2}" --max-steps 125 \
+      2>&1 | grep -E "CUDA graphs|epoch 1/|error" | sed "s/^/train cuda_graphs=$g: /"
+  done
+  "$py" - "${runs[@]}" <<'PY'
+import sys
+from safetensors.torch import load_file
+def diff(a, b):
+    x, y = load_file(a), load_file(b)
+    return max((x[k].double() - y[k].double()).abs().max().item() for k in x if k in y and x[k].is_floating_point())
+on, off, again = sys.argv[1:4]
+for what, ext in (("weights", ".safetensors"), ("EMA", ".ema.safetensors")):
+    print(f"training {what} after 125 steps: graphs vs no graphs max |difference| {diff(on + ext, off + ext):.3g}, "
+          f"no graphs twice {diff(off + ext, again + ext):.3g}")
+PY
+}
+export data
+export -f train_graphs
+run train-graphs 90 bash -c train_graphs
 fid_timing() {
   local cifar=(--set device=cuda:0 --set dataset.name=cifar10 --set dataset.root="$out/fid-data" \
     --set dataset.download=false --set train.run_dir="$out/fid-run")

@@ -30,6 +30,8 @@ pub struct BenchResult {
     pub sample_precision: String,
     /// Whether sampling replayed CUDA graphs (CUDA, fp32, `sample.cuda_graphs`).
     pub sample_cuda_graphs: bool,
+    /// Whether the timed training steps replayed CUDA graphs (`train.cuda_graphs`).
+    pub train_cuda_graphs: bool,
     pub network: String,
     pub image_shape: [i64; 3],
     /// `(batch, seconds per step, images per second)`.
@@ -100,26 +102,29 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
     for &batch in batches {
         let x0 = Tensor::rand([batch, c, h, w], (Kind::Float, device)) * 2.0 - 1.0;
         let labels = Tensor::randint(classes, [batch], (Kind::Int64, device));
+        // Two warm-up steps, and with CUDA graphs those before the first replay of this shape.
+        let warmup = 2 + learner.graph_warmup_steps();
         let mut step = |i: i64| -> Result<Tensor> {
             let inp =
                 learner.inputs(x0.shallow_clone(), &labels, Shard::whole(batch), derived_seed(cfg.seed, SEED_STEP, i));
             learner.step(&inp, i, None)
         };
-        for i in 0..2 {
+        for i in 0..warmup {
             finite &= step(i)?.double_value(&[]).is_finite();
         }
         sync(device);
         let mut times = Vec::new();
         for i in 0..repeats as i64 {
             let t0 = Instant::now();
-            finite &= step(2 + i)?.double_value(&[]).is_finite();
+            finite &= step(warmup + i)?.double_value(&[]).is_finite();
             times.push(t0.elapsed().as_secs_f64());
         }
-        steps_run += 2 + repeats as i64;
+        steps_run += warmup + repeats as i64;
         let s = median(times);
         tracing::info!("train step at batch {batch}: {:.3} s, {:.0} images/s", s, batch as f64 / s);
         train.push((batch, s, batch as f64 / s));
     }
+    let train_cuda_graphs = learner.graph_replays() > 0;
     // Sampling is timed on the trained weights; the EMA copy and the optimizer go.
     let model = learner.model;
 
@@ -145,6 +150,7 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
         train_precision: ran_as(cfg.train.precision),
         sample_precision: ran_as(cfg.sample.precision),
         sample_cuda_graphs: false,
+        train_cuda_graphs,
         network: cfg.network.describe(),
         image_shape: spec.image_shape,
         train,
@@ -275,6 +281,14 @@ pub fn table(r: &BenchResult) -> String {
     );
     for (b, sec, ips) in &r.train {
         s += &format!("| train step, batch {b} | {sec:.3} s ({ips:.0} images/s) |\n");
+    }
+    if r.device.to_lowercase().contains("cuda") {
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        s += &format!(
+            "| CUDA graphs replayed: training, sampling | {}, {} |\n",
+            yes(r.train_cuda_graphs),
+            yes(r.sample_cuda_graphs)
+        );
     }
     if r.train_steps_run > 0 {
         let finite = if r.train_losses_finite { "all finite" } else { "NOT all finite" };

@@ -32,12 +32,26 @@ impl Ema {
         self.decay.min((1.0 + step as f64) / (10.0 + step as f64))
     }
 
+    /// The weight of the current weights in the update after `step` steps: `1 - decay_at(step)`.
+    pub fn weight_at(&self, step: i64) -> f64 {
+        1.0 - self.decay_at(step)
+    }
+
     /// Moves the average towards the current weights.
     pub fn update(&mut self, step: i64) {
         let _guard = tch::no_grad_guard();
-        let w = 1.0 - self.decay_at(step);
+        let w = self.weight_at(step);
         for (e, p) in &mut self.pairs {
             let _ = e.lerp_(p, w);
+        }
+    }
+
+    /// The same update with its weight read from a 0-dim tensor on the weights' device (what a
+    /// CUDA graph replays with the current step's weight).
+    pub fn update_by(&mut self, weight: &Tensor) {
+        let _guard = tch::no_grad_guard();
+        for (e, p) in &mut self.pairs {
+            let _ = e.lerp_tensor_(p, weight);
         }
     }
 }

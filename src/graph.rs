@@ -1,9 +1,10 @@
-//! CUDA graphs for sampling (`sample.cuda_graphs`): a network this small is bound by kernel
-//! launches on a GPU, so the kernels of one forward call are captured once per input shape
-//! (after warm-up runs on a side stream) and replayed at every step from static input and
-//! output tensors, as `torch.compile(mode="reduce-overhead")` does. The C++ side is
-//! `csrc/cuda_graph.cpp`. On the CPU, in builds without the CUDA headers, and after a capture
-//! that failed (with one warning), the network runs as it is.
+//! CUDA graphs: a network this small is bound by kernel launches on a GPU, so kernels are
+//! captured once (after warm-up runs on a side stream) and replayed from static input and output
+//! tensors, as `torch.compile(mode="reduce-overhead")` does. [`CudaGraph`] is the graph itself
+//! (the C++ side is `csrc/cuda_graph.cpp`); [`Graphed`] replays a network's forward call for
+//! sampling (`sample.cuda_graphs`), one graph per input shape; the training step has its own
+//! (`train::graphed`). On the CPU, in builds without the CUDA headers, and after a capture that
+//! failed (with one warning), the network runs as it is.
 
 use crate::model::Denoiser;
 use anyhow::{bail, Result};
@@ -30,7 +31,7 @@ pub fn available() -> bool {
 }
 
 /// One `at::cuda::CUDAGraph` with its side stream.
-struct CudaGraph {
+pub(crate) struct CudaGraph {
     #[cfg_attr(ddpm_no_cuda_graphs, allow(dead_code))]
     handle: *mut std::ffi::c_void,
 }
@@ -48,7 +49,7 @@ enum Op {
 }
 
 impl CudaGraph {
-    fn new(device: usize) -> Result<CudaGraph> {
+    pub(crate) fn new(device: usize) -> Result<CudaGraph> {
         #[cfg(not(ddpm_no_cuda_graphs))]
         {
             let mut err = vec![0 as std::ffi::c_char; 1024];
@@ -83,6 +84,50 @@ impl CudaGraph {
         #[cfg(ddpm_no_cuda_graphs)]
         bail!("CUDA graph {op:?}: not built")
     }
+
+    /// Runs `f` with the graph's side stream current (it first waits for the current stream's
+    /// work, and the current stream waits for its work after): warm-up runs and the capture
+    /// happen there, as `torch.cuda.graph` does.
+    pub(crate) fn on_side_stream<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.step(Op::Enter)?;
+        let out = catching(f);
+        let exited = self.step(Op::Exit);
+        let out = out?;
+        exited?;
+        Ok(out)
+    }
+
+    /// Records the kernels `f` launches (on the side stream, see [`CudaGraph::on_side_stream`])
+    /// instead of running them; the capture is ended whatever `f` does.
+    pub(crate) fn capture<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.step(Op::Begin)?;
+        let out = catching(f);
+        let ended = self.step(Op::End);
+        let out = out?;
+        ended?;
+        Ok(out)
+    }
+
+    /// Launches the captured kernels on the current stream.
+    pub(crate) fn replay(&self) -> Result<()> {
+        self.step(Op::Replay)
+    }
+}
+
+/// `f`'s result, with a libtorch error inside it (a panic in tch) turned into an error.
+fn catching<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    run.unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(anyhow::anyhow!("libtorch failed: {}", msg.lines().next().unwrap_or("")))
+    })
 }
 
 impl Drop for CudaGraph {
@@ -114,7 +159,7 @@ pub struct Graphed<'a> {
 
 /// Warm-up calls before a capture (cuDNN's algorithm choice and lazy initialisation happen
 /// outside the graph).
-const WARMUP: usize = 3;
+pub(crate) const WARMUP: usize = 3;
 
 impl<'a> Graphed<'a> {
     /// `enabled`: use graphs where the input is on a CUDA device.
@@ -145,7 +190,7 @@ impl<'a> Graphed<'a> {
         if let (Some(sy), Some(y)) = (&c.y, labels) {
             sy.shallow_clone().f_copy_(y)?;
         }
-        c.graph.step(Op::Replay)?;
+        c.graph.replay()?;
         // The next replay overwrites `out`; multistep solvers keep earlier outputs.
         Ok(c.out.copy())
     }
@@ -155,35 +200,12 @@ impl<'a> Graphed<'a> {
         let _guard = tch::no_grad_guard();
         let (x, t, y) = (xs.copy(), t.copy(), labels.map(Tensor::copy));
         let graph = CudaGraph::new(device)?;
-        graph.step(Op::Enter)?;
-        // A libtorch error inside the network is a panic in tch: caught, with the capture ended.
-        let hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<Tensor> {
+        let out = graph.on_side_stream(|| {
             for _ in 0..WARMUP {
                 let _ = self.inner.forward(&x, &t, y.as_ref());
             }
-            graph.step(Op::Begin)?;
-            let out = self.inner.forward(&x, &t, y.as_ref());
-            graph.step(Op::End)?;
-            Ok(out)
-        }));
-        std::panic::set_hook(hook);
-        let out = match run {
-            Ok(r) => r,
-            Err(p) => {
-                let _ = graph.step(Op::End);
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                Err(anyhow::anyhow!("the network failed while captured: {}", msg.lines().next().unwrap_or("")))
-            }
-        };
-        let exited = graph.step(Op::Exit);
-        let out = out?;
-        exited?;
+            graph.capture(|| Ok(self.inner.forward(&x, &t, y.as_ref())))
+        })?;
         Ok(Captured { graph, x, t, y, out })
     }
 }

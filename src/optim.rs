@@ -18,6 +18,7 @@ extern "C" {
         exp_avgs: *const *mut torch_sys::C_tensor,
         exp_avg_sqs: *const *mut torch_sys::C_tensor,
         step: *mut torch_sys::C_tensor,
+        lr_tensor: *mut torch_sys::C_tensor,
         n: std::os::raw::c_int,
         lr: f64,
         beta1: f64,
@@ -157,6 +158,31 @@ impl Adam {
 
     /// The update of every parameter that has a gradient in one fused call.
     fn fused_step(&mut self) -> Result<(), String> {
+        let Some(device) = self.params.iter().find(|(_, p)| p.grad().defined()).map(|(_, p)| p.device()) else {
+            return Ok(());
+        };
+        let mut step_tensor = match self.step_tensor.take() {
+            Some((s, mut t)) if s == self.step - 1 && t.device() == device => {
+                let _ = t.g_add_scalar_(1.0);
+                t
+            }
+            _ => Tensor::from(self.step as f32).to_device(device),
+        };
+        self.fused_call(&mut step_tensor, None)?;
+        self.step_tensor = Some((self.step, step_tensor));
+        Ok(())
+    }
+
+    /// One update in the fused kernel with the learning rate and the step count read from
+    /// float32 0-dim tensors on the parameters' device (no host value enters the kernels, so a
+    /// CUDA graph that captured this call replays it with whatever the tensors hold). The host
+    /// step count is not advanced: the caller counts the update.
+    pub fn step_from_tensors(&mut self, lr: &Tensor, step: &mut Tensor) -> Result<(), String> {
+        let _guard = tch::no_grad_guard();
+        self.fused_call(step, Some(lr))
+    }
+
+    fn fused_call(&self, step_tensor: &mut Tensor, lr_tensor: Option<&Tensor>) -> Result<(), String> {
         let mut grads = Vec::with_capacity(self.params.len());
         let mut idx = Vec::with_capacity(self.params.len());
         for (i, (_, p)) in self.params.iter().enumerate() {
@@ -169,14 +195,6 @@ impl Adam {
         if idx.is_empty() {
             return Ok(());
         }
-        let device = self.params[idx[0]].1.device();
-        let mut step_tensor = match self.step_tensor.take() {
-            Some((s, mut t)) if s == self.step - 1 && t.device() == device => {
-                let _ = t.g_add_scalar_(1.0);
-                t
-            }
-            _ => Tensor::from(self.step as f32).to_device(device),
-        };
         let ptrs = |ts: Vec<&Tensor>| -> Vec<*mut torch_sys::C_tensor> {
             ts.into_iter().map(|t| t.as_ptr() as *mut torch_sys::C_tensor).collect()
         };
@@ -184,6 +202,7 @@ impl Adam {
         let grads_p = ptrs(grads.iter().collect());
         let exp_avg = ptrs(idx.iter().map(|&i| &self.exp_avg[i]).collect());
         let exp_avg_sq = ptrs(idx.iter().map(|&i| &self.exp_avg_sq[i]).collect());
+        let lr_ptr = lr_tensor.map_or(std::ptr::null_mut(), |t| t.as_ptr() as *mut torch_sys::C_tensor);
         let mut err = vec![0 as std::os::raw::c_char; 512];
         let c = self.cfg;
         let rc = unsafe {
@@ -193,6 +212,7 @@ impl Adam {
                 exp_avg.as_ptr(),
                 exp_avg_sq.as_ptr(),
                 step_tensor.as_mut_ptr(),
+                lr_ptr,
                 idx.len() as std::os::raw::c_int,
                 self.lr,
                 c.beta1,
@@ -207,7 +227,6 @@ impl Adam {
         if rc != 0 {
             return Err(unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned());
         }
-        self.step_tensor = Some((self.step, step_tensor));
         Ok(())
     }
 

@@ -78,10 +78,22 @@ def main(out):
     ok = re.search(r"^nccl: exit 0", status, re.M) is not None
     last = [l for l in nccl.strip().splitlines() if l.strip()][-1:] or ["no log"]
     lines.append(f"| data-parallel step, 1 process, NCCL | {'ran 5 steps' if ok else 'failed: ' + last[0][-160:]} | | | | |")
-    # CUDA graphs: the sampling rows without them, and the samples compared.
+    # CUDA graphs: the training and sampling rows without them, the samples and weights compared.
     nog = load(out, "ddpm-demo-nographs.json")
-    used = (demo or {}).get("sample_cuda_graphs")
-    lines.append(f"| demo UNet sampling above used CUDA graphs | {'yes' if used else 'no' if demo else 'failed'} | | | | |")
+    for what, key in (("training", "train_cuda_graphs"), ("sampling", "sample_cuda_graphs")):
+        used = (demo or {}).get(key)
+        lines.append(f"| demo UNet {what} above used CUDA graphs | {'yes' if used else 'no' if demo else 'failed'} | | | | |")
+    for batch in (128, 512):
+        on, off = train(demo, batch), train(nog, batch)
+        cell = "failed" if on is None or off is None else f"{off[1]:.0f} images/s without graphs, {on[1]:.0f} with ({on[1] / off[1]:.2f}x)"
+        lines.append(f"| demo UNet: train, batch {batch}, CUDA graphs off vs on | {cell} | | | | |")
+    graphs_log = text(out, "train-graphs.log")
+    for m in re.finditer(r"^train cuda_graphs=(\w+): .*?epoch 1/\d+: loss ([\d.]+), (\d+) steps, ([\d.]+) s, (\d+) images/s", graphs_log, re.M):
+        g = {"true": "on", "false": "off", "false2": "off, again"}.get(m.group(1), m.group(1))
+        lines.append(f"| ddpm train, epoch 1 (batch 512, warm-up and capture included), CUDA graphs {g} | "
+                     f"{m.group(5)} images/s, {m.group(4)} s, loss {m.group(2)} | | | | |")
+    for m in re.finditer(r"^training (\w+) after 125 steps: (.*)$", graphs_log, re.M):
+        lines.append(f"| ddpm train, {m.group(1)} after 125 steps | {m.group(2)} | | | | |")
     for key, what in (("forward81_sec", "denoising forward, batch 81"), ("sample_ddpm_sec", "81 samples, DDPM-1000"),
                       ("sample_ddim50_sec", "81 samples, DDIM-50"), ("sample_dpm20_sec", "81 samples, DPM-Solver++(2M)-20")):
         on, off = (demo or {}).get(key), (nog or {}).get(key)

@@ -9,10 +9,11 @@
 //! the step, the epoch and the position in the epoch to continue exactly where it stopped.
 //!
 //! Files: [`options`] (the `train:` section), [`step`] (the training step, also what
-//! `ddpm bench` times), [`streams`] (its two-stream CPU variant), `run.rs` (the loop),
+//! `ddpm bench` times), [`graphed`] (its CUDA graphs), [`streams`] (its two-stream CPU variant), `run.rs` (the loop),
 //! `state.rs` (save, resume, broadcast), `epoch_end.rs` (metrics, grids, evaluation).
 
 mod epoch_end;
+pub mod graphed;
 pub mod options;
 mod run;
 mod state;

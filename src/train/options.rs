@@ -77,6 +77,10 @@ pub struct TrainConfig {
     /// Update all parameters in libtorch's fused Adam/AdamW kernel (PyTorch's `fused=True`);
     /// `false` takes the per-tensor update (nine kernels per parameter tensor).
     pub fused_optimizer: bool,
+    /// On CUDA: capture the whole training step (forward, backward, Adam, EMA) in a CUDA graph
+    /// per batch shape after three warm-up steps, and replay it (one process, fp32, fused Adam;
+    /// elsewhere the step runs as it is).
+    pub cuda_graphs: bool,
     pub weight_decay: f64,
     /// Linear learning-rate warm-up over this many steps (0 = none).
     pub warmup_steps: i64,
@@ -123,6 +127,7 @@ impl Default for TrainConfig {
             cond_drop_prob: 0.1,
             optimizer: Optimizer::Adam,
             fused_optimizer: true,
+            cuda_graphs: true,
             weight_decay: 0.0,
             warmup_steps: 0,
             prediction: Prediction::Eps,

@@ -4,6 +4,7 @@
 //! under bf16 autocast when configured), the gradients' all-reduce in a data-parallel run,
 //! clipping, warm-up, Adam and the EMA update. `ddpm train` and `ddpm bench` both run it.
 
+use super::graphed::{Ran, StaticStep, StepGraphs};
 use super::options::{LrSchedule, Optimizer, Precision, TrainConfig};
 use super::streams::{self, Streams};
 use crate::config::Config;
@@ -123,7 +124,7 @@ impl Shard {
     }
 
     /// Unequal shards (a short last batch) weigh their mean loss by their share of the batch.
-    fn weight(&self) -> f64 {
+    pub fn weight(&self) -> f64 {
         (self.len * self.world) as f64 / self.full as f64
     }
 }
@@ -155,6 +156,8 @@ pub struct Learner {
     bf16: bool,
     /// Steps of the whole run, for the learning-rate decay (0: no decay).
     total_steps: i64,
+    /// CUDA graphs of the step (`train.cuda_graphs`; off where they cannot be used).
+    graphs: StepGraphs,
     cfg: Config,
 }
 
@@ -198,7 +201,26 @@ impl Learner {
             }
             _ => None,
         };
-        Ok(Self { model, ema, opt, streams, bf16, total_steps: 0, cfg: cfg.clone() })
+        let graphs = StepGraphs::new(graphs_wanted(cfg, device, distributed, bf16, streams.is_some()));
+        Ok(Self { model, ema, opt, streams, bf16, total_steps: 0, graphs, cfg: cfg.clone() })
+    }
+
+    /// Whether steps go through CUDA graphs (see [`super::graphed`]).
+    pub fn cuda_graphs(&self) -> bool {
+        self.graphs.is_on()
+    }
+
+    /// Steps replayed from a CUDA graph so far.
+    pub fn graph_replays(&self) -> i64 {
+        self.graphs.replays()
+    }
+
+    /// Steps of one batch shape before the first replay of its graph (0 without graphs).
+    pub fn graph_warmup_steps(&self) -> i64 {
+        match self.graphs.is_on() {
+            true => crate::graph::WARMUP as i64 + 1,
+            false => 0,
+        }
     }
 
     /// The steps the learning-rate decay spans (`n_epochs` epochs).
@@ -263,21 +285,55 @@ impl Learner {
 
     /// One optimizer step on `inp` after `done` steps; returns the (device) loss of the batch.
     pub fn step(&mut self, inp: &StepInputs, done: i64, reduce: Option<Reduce>) -> Result<Tensor> {
-        let t = &self.cfg.train;
-        self.opt.lr = lr_at(t, done, self.total_steps);
-        let net = self.model.net.as_ref();
+        self.opt.lr = lr_at(&self.cfg.train, done, self.total_steps);
+        if self.graphs.is_on() && reduce.is_none() && inp.shard.weight() == 1.0 {
+            let values = (self.opt.lr, self.opt.step + 1, self.ema.as_ref().map_or(0.0, |(e, _)| e.weight_at(done)));
+            let mut graphs = std::mem::take(&mut self.graphs);
+            let ran = graphs.run(&inp.batch, values, |io| self.step_from_device_values(io));
+            self.graphs = graphs;
+            match ran {
+                Ok(Ran::Done(loss)) => {
+                    self.opt.step += 1;
+                    return Ok(loss);
+                }
+                Ok(Ran::Eager) => {}
+                Err(e) => {
+                    tracing::warn!("CUDA graphs are off for the training step from step {}: {e:#}", done + 1);
+                    self.graphs.turn_off();
+                }
+            }
+        }
         self.opt.zero_grad();
+        let weight = inp.shard.weight();
+        let mut loss = self.forward_backward(&inp.batch, weight)?;
+        if let Some(reduce) = reduce {
+            loss = if weight != 1.0 { &loss * weight } else { loss.copy() };
+            reduce(&self.opt.grads(), &loss)?;
+        }
+        if self.cfg.train.grad_clip > 0.0 {
+            self.opt.clip_grad_norm(self.cfg.train.grad_clip);
+        }
+        self.opt.step();
+        if let Some((ema, _)) = &mut self.ema {
+            ema.update(done);
+        }
+        Ok(loss)
+    }
+
+    /// Forward and backward of `batch` (gradients added to the parameters'), each backward
+    /// scaled by `weight`; returns the batch's mean loss.
+    fn forward_backward(&self, batch: &NetBatch, weight: f64) -> Result<Tensor> {
+        let net = self.model.net.as_ref();
         // Gradient accumulation: micro-batches of the batch, each backward weighted by its
         // share, so the gradients add up to the whole batch's (the random draws were made for
         // the whole batch in `inputs`).
-        let len = inp.batch.len();
-        let micro = t.grad_accum.clamp(1, len.max(1));
-        let weight = inp.shard.weight();
+        let len = batch.len();
+        let micro = self.cfg.train.grad_accum.clamp(1, len.max(1));
         let mut loss: Option<Tensor> = None;
         for i in 0..micro {
             let (lo, n) = (i * len / micro, (i + 1) * len / micro - i * len / micro);
             let share = n as f64 / len as f64;
-            let part = inp.batch.narrow(lo, n);
+            let part = batch.narrow(lo, n);
             let part_loss = match &self.streams {
                 // Two streams: this thread and the worker each take half of the (micro-)batch.
                 Some((streams, params)) => streams.forward_backward(net, params, &part, share)?,
@@ -301,25 +357,115 @@ impl Learner {
                 Some(acc) => acc + part_loss * share,
             });
         }
-        let mut loss = loss.unwrap_or_else(|| Tensor::zeros([], (Kind::Float, self.model.device())));
-        if let Some(reduce) = reduce {
-            loss = if weight != 1.0 { &loss * weight } else { loss.copy() };
-            reduce(&self.opt.grads(), &loss)?;
+        Ok(loss.unwrap_or_else(|| Tensor::zeros([], (Kind::Float, self.model.device()))))
+    }
+
+    /// The whole step from device values alone: gradients dropped, forward and backward of the
+    /// static batch, clipping, fused Adam with the learning rate and step count read from
+    /// tensors, the EMA update by a tensor weight. It launches kernels and reads no host value
+    /// that changes between steps, so a CUDA graph can capture it; run eagerly it is the same
+    /// update as [`Learner::step`]'s. The host step count is not advanced.
+    pub fn step_from_device_values(&mut self, io: &mut StaticStep) -> Result<Tensor> {
+        self.opt.zero_grad();
+        let loss = self.forward_backward(&io.batch, 1.0)?;
+        if self.cfg.train.grad_clip > 0.0 {
+            self.opt.clip_grad_norm(self.cfg.train.grad_clip);
         }
-        if t.grad_clip > 0.0 {
-            self.opt.clip_grad_norm(t.grad_clip);
-        }
-        self.opt.step();
+        let s = &mut io.scalars;
+        self.opt.step_from_tensors(&s.lr, &mut s.step).map_err(|e| anyhow::anyhow!("fused Adam: {e}"))?;
         if let Some((ema, _)) = &mut self.ema {
-            ema.update(done);
+            ema.update_by(&s.ema_weight);
         }
         Ok(loss)
+    }
+}
+
+/// Whether the training step can go through CUDA graphs: `train.cuda_graphs` on a CUDA device
+/// in a build that has them, one process, fp32, libtorch's fused Adam. Says why not where the
+/// user asked for them on a GPU.
+fn graphs_wanted(cfg: &Config, device: Device, distributed: bool, bf16: bool, two_streams: bool) -> bool {
+    let t = &cfg.train;
+    if !t.cuda_graphs || !device.is_cuda() {
+        return false;
+    }
+    let why_not = if !crate::graph::available() {
+        Some("this ddpm was built without the CUDA headers")
+    } else if distributed {
+        Some("data-parallel runs reduce the gradients between backward and the update")
+    } else if bf16 {
+        Some("train.precision is bf16 (graphs are captured in fp32 only)")
+    } else if !t.fused_optimizer {
+        Some("train.fused_optimizer is false (the per-tensor update takes host values)")
+    } else if two_streams {
+        Some("the step runs on two compute streams")
+    } else {
+        None
+    };
+    match why_not {
+        Some(why) => {
+            tracing::info!("train.cuda_graphs: the training step runs without CUDA graphs: {why}");
+            false
+        }
+        None => true,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diffusion::prediction::LossWeighting;
+    use crate::spec::ModelSpec;
+
+    /// Every parameter, EMA weight and Adam moment of a learner, by name.
+    fn state_of(l: &Learner) -> Vec<(String, Tensor)> {
+        let mut out: Vec<(String, Tensor)> = crate::model::trainable_sorted(&l.model.vs);
+        if let Some((_, m)) = &l.ema {
+            let mut ema: Vec<(String, Tensor)> = m.vs.variables().into_iter().collect();
+            ema.sort_by(|a, b| a.0.cmp(&b.0));
+            out.extend(ema.into_iter().map(|(k, v)| (format!("ema.{k}"), v)));
+        }
+        out.extend(l.opt.state());
+        out
+    }
+
+    /// The step as a CUDA graph captures it (device scalars, fused Adam with a tensor learning
+    /// rate, the EMA by a tensor weight), run eagerly here, takes the same steps as the host
+    /// step: AdamW with weight decay, clipping, Min-SNR weights, the EMA and a warm-up included.
+    #[test]
+    fn the_capturable_step_equals_the_host_step() {
+        let mut cfg = Config { streams: 1, threads: 1, ..Default::default() };
+        let t = &mut cfg.train;
+        (t.optimizer, t.weight_decay, t.grad_clip, t.warmup_steps) = (Optimizer::AdamW, 0.01, 0.5, 2);
+        (t.loss_weighting, t.ema_decay) = (LossWeighting::MinSnr, 0.9);
+        let spec = ModelSpec::from_config(&cfg);
+        let mut host = Learner::new(&cfg, &spec, Device::Cpu, false).unwrap();
+        let mut dev = Learner::new(&cfg, &spec, Device::Cpu, false).unwrap();
+        let start: Vec<(String, Tensor)> = state_of(&host).into_iter().map(|(k, v)| (k, v.copy())).collect();
+        let x0 = Tensor::rand([6, 1, 28, 28], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+        let labels = Tensor::zeros([6], (Kind::Int64, Device::Cpu));
+        let mut io: Option<StaticStep> = None;
+        for done in 0..4 {
+            let inp = host.inputs(x0.shallow_clone(), &labels, Shard::whole(6), 100 + done);
+            let want = host.step(&inp, done, None).unwrap();
+            let io = io.get_or_insert_with(|| StaticStep::for_batch(&inp.batch));
+            io.load(&inp.batch).unwrap();
+            let lr = lr_at(&cfg.train, done, 0);
+            let ema_w = dev.ema.as_ref().unwrap().0.weight_at(done);
+            io.scalars.fill(lr, dev.opt.step + 1, ema_w);
+            let got = dev.step_from_device_values(io).unwrap();
+            dev.opt.step += 1;
+            assert_eq!(want.double_value(&[]), got.double_value(&[]), "loss of step {done}");
+        }
+        let (a, b) = (state_of(&host), state_of(&dev));
+        assert_eq!(a.len(), b.len());
+        let mut moved = 0.0f64;
+        for (((name, x), (_, y)), (_, s)) in a.iter().zip(&b).zip(&start) {
+            let diff = (x - y).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "{name}: the two steps differ by {diff}");
+            moved = moved.max((x - s).abs().max().double_value(&[]));
+        }
+        assert!(moved > 1e-4, "the steps moved nothing ({moved})");
+    }
 
     #[test]
     fn learning_rate_schedules() {

@@ -14,8 +14,13 @@ fn gpu_check_dry_run_and_bad_arguments() {
     let out = Command::new(repo().join("scripts/gpu-check.sh")).arg("--dry-run").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", common::stderr(&out));
-    for want in ["gpu/out/gpu-check.md", "paper UNet bf16", "DDPM_DIST_BACKEND=nccl", "bench_pytorch.py --device cuda"]
-    {
+    for want in [
+        "gpu/out/gpu-check.md",
+        "paper UNet bf16",
+        "DDPM_DIST_BACKEND=nccl",
+        "bench_pytorch.py --device cuda",
+        "--set train.cuda_graphs=false",
+    ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
     let out = Command::new(repo().join("scripts/gpu-check.sh")).arg("--bogus").output().unwrap();
@@ -43,6 +48,10 @@ fn gpu_report_reads_what_bench_writes() {
     std::fs::write(out.join("nccl.log"), "error: this ddpm was built without NCCL\n").unwrap();
     std::fs::write(out.join("gpu-memory.log"), "512\n2048\n1024\n").unwrap();
     std::fs::write(out.join("graphs-equal.log"), "ddpm: graphs vs no graphs, max |difference| 2.38e-07\n").unwrap();
+    let train_log = "train cuda_graphs=true: 2026-11-27T02:00:00Z  INFO ddpm::train::run: epoch 1/10: loss 0.09871, 118 steps, 1.9 s, 31234 images/s\n\
+                     train cuda_graphs=false2: INFO epoch 1/10: loss 0.09870, 118 steps, 2.8 s, 21000 images/s\n\
+                     training EMA after 125 steps: graphs vs no graphs max |difference| 1.2e-07, no graphs twice 3e-08\n";
+    std::fs::write(out.join("train-graphs.log"), train_log).unwrap();
     let fid = r#"{"sampler":"ddpm","steps":1000,"sample_seconds":41.5,"feature_seconds":20.25,"fid":3.0}"#;
     std::fs::write(out.join("fid-10k.json"), fid).unwrap();
     std::fs::write(out.join("fid-10k.log"), "eval: 70.12 s wall\n").unwrap();
@@ -60,6 +69,13 @@ fn gpu_report_reads_what_bench_writes() {
     assert!(row("| data-parallel step").contains("failed: error: this ddpm was built without NCCL"));
     assert!(row("| ddpm samples (81, same seed), graphs vs no graphs |").contains("max abs difference 2.38e-07"));
     assert!(row("| demo UNet: 81 samples, DDPM-1000, CUDA graphs off vs on |").contains("failed"));
+    assert!(row("| demo UNet: train, batch 128, CUDA graphs off vs on |").contains("failed"));
+    let on = row("| ddpm train, epoch 1 (batch 512, warm-up and capture included), CUDA graphs on |");
+    assert!(on.contains("| 31234 images/s, 1.9 s, loss 0.09871 |"), "{on}");
+    assert!(row("| ddpm train, epoch 1 (batch 512, warm-up and capture included), CUDA graphs off, again |")
+        .contains("21000 images/s"));
+    let ema = row("| ddpm train, EMA after 125 steps |");
+    assert!(ema.contains("graphs vs no graphs max |difference| 1.2e-07, no graphs twice 3e-08"), "{ema}");
     let fid = row("| ddpm eval --metric fid -n 10000");
     assert!(fid.contains("70.12 s in all: sampling 41.5 s (ddpm, 1000 steps), Inception + FID 20.2 s"), "{fid}");
 }
