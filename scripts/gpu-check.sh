@@ -20,7 +20,7 @@
 #   scripts/gpu-check.sh [--stage DIR] [--out DIR] [--dry-run]
 #
 # --dry-run checks the arguments and the files the check uses and prints what it would run,
-# without a GPU (CI runs it). A real run took 104-153 s on one H100.
+# without a GPU (CI runs it). A real run took 273-293 s on one H100.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 usage() { echo "usage: scripts/gpu-check.sh [--stage DIR] [--out DIR] [--dry-run]" >&2; exit 2; }
