@@ -40,10 +40,18 @@ impl ResBlock {
         let n = xs.size()[0];
         let h = xs.apply(&self.norm1).silu().apply(&self.conv1);
         let h = h + temb.silu().apply(&self.temb_proj).view([n, -1, 1, 1]);
-        let h = h.apply(&self.norm2).silu().dropout(self.dropout, train).apply(&self.conv2);
-        match &self.skip {
-            Some(s) => h + s.forward(xs),
-            None => h + xs,
+        let h = h.apply(&self.norm2).silu().dropout(self.dropout, train);
+        let skip = match &self.skip {
+            Some(s) => s.forward(xs),
+            None => xs.shallow_clone(),
+        };
+        // `sample.freeze`: conv2 and the residual add in one oneDNN call (the other
+        // convolutions follow GroupNorm and SiLU, which oneDNN cannot fuse after them).
+        if !train && super::fused::usable(&h) {
+            if let Some(out) = super::fused::conv(&h, &self.conv2, 1, Some(&skip), false) {
+                return out;
+            }
         }
+        h.apply(&self.conv2) + skip
     }
 }

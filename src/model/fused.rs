@@ -1,9 +1,10 @@
 //! Inference with oneDNN-fused convolutions on the CPU (`sample.freeze`): where no gradient is
 //! recorded and CPU autocast is off, the demo network's blocks run conv + ReLU and
 //! conv + residual add + ReLU as single oneDNN calls (`mkldnn::_convolution_pointwise` and its
-//! binary form, what inductor's CPU freezing emits), through `csrc/fused_conv.cpp`. The results
-//! equal the unfused calls (the same oneDNN convolution, the additions done in its epilogue).
-//! Training, CUDA, bf16 and any failure of the fused call (one warning) take the plain path.
+//! binary form, what inductor's CPU freezing emits), and the paper UNet's residual blocks their
+//! last conv + residual add, through `csrc/fused_conv.cpp`. The results equal the unfused calls
+//! (the same oneDNN convolution, the additions done in its epilogue). Training, CUDA, bf16 and
+//! any failure of the fused call (one warning) take the plain path.
 
 use std::ffi::{c_char, c_int};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

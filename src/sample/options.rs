@@ -39,8 +39,9 @@ pub struct SampleConfig {
     /// CUDA: replay the network's kernels from a CUDA graph captured once per batch shape
     /// (fp32; no effect on the CPU or with precision bf16).
     pub cuda_graphs: bool,
-    /// CPU: the demo network's blocks run oneDNN-fused conv + ReLU and conv + add + ReLU calls
-    /// wherever no gradient is recorded (sampling, grids, evaluation; fp32).
+    /// CPU: the demo network's blocks run oneDNN-fused conv + ReLU and conv + add + ReLU calls,
+    /// the paper UNet's residual blocks a fused conv + residual add, wherever no gradient is
+    /// recorded (sampling, grids, evaluation; fp32).
     pub freeze: bool,
 }
 

@@ -190,6 +190,17 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<()> {
         stop: None,
         trace: crate::trace::Trace::from_env()?,
     };
+    if trainer.trace.is_some() && trainer.learner.cuda_graphs() {
+        trainer
+            .learner
+            .graphs_off("DDPM_TRACE_DIR records each step's gradients, which a replayed graph keeps to itself");
+    }
+    if trainer.learner.cuda_graphs() {
+        tracing::info!(
+            "training step in CUDA graphs: {} eager steps per batch shape, then captured and replayed (train.cuda_graphs: false switches them off)",
+            crate::graph::WARMUP
+        );
+    }
     if opts.resume && main {
         trainer.resume()?;
     }

@@ -210,6 +210,14 @@ impl Learner {
         self.graphs.is_on()
     }
 
+    /// Switches CUDA graphs off for this run, saying why.
+    pub fn graphs_off(&mut self, why: &str) {
+        if self.graphs.is_on() {
+            tracing::info!("train.cuda_graphs: the training step runs without CUDA graphs: {why}");
+            self.graphs.turn_off();
+        }
+    }
+
     /// Steps replayed from a CUDA graph so far.
     pub fn graph_replays(&self) -> i64 {
         self.graphs.replays()

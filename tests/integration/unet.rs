@@ -270,3 +270,38 @@ fn the_small_cifar_preset_trains_on_the_cpu_and_samples_rgb() {
     assert_eq!(img.color(), image::ColorType::Rgb8);
     assert_eq!((img.width(), img.height()), (64, 64));
 }
+
+/// `sample.freeze` on the paper UNet: each residual block's last convolution and its residual
+/// add in one oneDNN call give the plain network's output, and only where no gradient is
+/// recorded.
+#[test]
+fn fused_inference_equals_the_plain_unet() {
+    let _rng = common::rng_lock();
+    tch::manual_seed(3);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = model::build(&vs, &NetworkConfig::Unet(small_unet(0)), [1, 28, 28], 1000);
+    // The paper zero-initialises each block's last conv: random weights everywhere instead.
+    tch::no_grad(|| {
+        for (_, mut v) in vs.variables() {
+            let r = v.randn_like() * 0.2;
+            v.copy_(&r);
+        }
+    });
+    let x = Tensor::randn([4, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[0i64, 250, 600, 999]);
+    let before = model::fused::calls();
+    let with_grad = net.forward(&x, &t, None).detach();
+    let _guard = tch::no_grad_guard();
+    model::fused::set_enabled(false);
+    let plain = net.forward(&x, &t, None);
+    model::fused::set_enabled(true);
+    let fused = net.forward(&x, &t, None);
+    // 3 levels of 1 block down, 2 up, and 2 in the middle: 11 residual blocks.
+    assert!(model::fused::calls() >= before + 11, "the fused path was not taken");
+    let scale = plain.abs().max().double_value(&[]);
+    assert!(scale > 1e-2, "a trivial output proves nothing ({scale})");
+    let diff = (&fused - &plain).abs().max().double_value(&[]);
+    println!("paper UNet, fused vs plain: max difference {diff:.3e}, output scale {scale:.3}");
+    assert!(diff <= 1e-5 * scale.max(1.0), "fused and plain differ by {diff} (output scale {scale})");
+    assert!((&with_grad - &plain).abs().max().double_value(&[]) <= 1e-5 * scale.max(1.0));
+}
