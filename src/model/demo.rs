@@ -42,7 +42,7 @@ impl UnetBlock {
                 return out;
             }
         }
-        let out = self.ln.forward(xs).apply(&self.conv1).relu().apply(&self.conv2);
+        let out = layer_norm(&self.ln, xs).apply(&self.conv1).relu().apply(&self.conv2);
         let out = match (self.residual, &self.residual_conv) {
             (false, _) => out,
             (true, Some(conv)) => out + xs.apply(conv),
@@ -55,7 +55,7 @@ impl UnetBlock {
     /// channels change), conv2 + residual + ReLU (conv2 + ReLU without the residual).
     fn forward_fused(&self, xs: &Tensor) -> Option<Tensor> {
         use super::fused::conv;
-        let h = conv(&self.ln.forward(xs), &self.conv1, 1, None, true)?;
+        let h = conv(&layer_norm(&self.ln, xs), &self.conv1, 1, None, true)?;
         let skip = match (self.residual, &self.residual_conv) {
             (false, _) => None,
             (true, Some(c)) => Some(conv(xs, c, 0, None, false)?),
@@ -63,6 +63,23 @@ impl UnetBlock {
         };
         conv(&h, &self.conv2, 1, skip.as_ref(), true)
     }
+}
+
+/// The block's LayerNorm over (C, H, W), without leaving channels-last: on an input with NHWC
+/// strides it normalises the contiguous `[N, H, W, C]` view, the affine parameters permuted
+/// alike, and hands back the NCHW view of the result. The statistics are over the same elements,
+/// so this is the same function; plain `layer_norm` would first copy such an input to NCHW (and
+/// its backward copy the gradient), and the next convolution copy it back.
+fn layer_norm(ln: &nn::LayerNorm, xs: &Tensor) -> Tensor {
+    let nhwc = xs.permute([0, 2, 3, 1]);
+    if xs.is_contiguous() || !nhwc.is_contiguous() || ln.normalized_shape.len() != 3 {
+        return ln.forward(xs);
+    }
+    let [c, h, w] = [ln.normalized_shape[0], ln.normalized_shape[1], ln.normalized_shape[2]];
+    let perm = |t: &Option<Tensor>| t.as_ref().map(|t| t.permute([1, 2, 0]));
+    let (ws, bs) = (perm(&ln.ws), perm(&ln.bs));
+    let eps = nn::LayerNormConfig::default().eps;
+    nhwc.layer_norm([h, w, c], ws.as_ref(), bs.as_ref(), eps, true).permute([0, 3, 1, 2])
 }
 
 #[derive(Debug)]

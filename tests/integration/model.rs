@@ -298,3 +298,49 @@ fn fused_inference_equals_the_plain_network() {
         assert!(plain.abs().max().double_value(&[]) > 1e-3, "a trivial output proves nothing");
     }
 }
+
+/// The demo blocks' LayerNorm on channels-last activations normalises the NHWC view in place of
+/// copying to NCHW: the output and every parameter's gradient equal those of the same input in
+/// NCHW, with LayerNorm weights made non-uniform so that a wrong permutation shows.
+#[test]
+fn channels_last_layer_norm_equals_the_nchw_one() {
+    let _lock = common::rng_lock();
+    tch::manual_seed(11);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = model::build(&vs, &net_cfg(true), [1, 28, 28], 1000);
+    tch::no_grad(|| {
+        for (name, mut v) in vs.variables() {
+            if name.contains(".ln.") {
+                let r = v.randn_like() * 0.5 + 1.0;
+                v.copy_(&r);
+            }
+        }
+    });
+    let x = Tensor::randn([4, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[3i64, 300, 600, 900]);
+    let run = |input: &Tensor| {
+        for v in vs.trainable_variables() {
+            ddpm::optim::reset_grad(&v);
+        }
+        let out = net.forward(input, &t, None);
+        out.square().mean(Kind::Float).backward();
+        let mut grads: Vec<(String, Tensor)> =
+            model::trainable_sorted(&vs).into_iter().map(|(k, v)| (k, v.grad().copy())).collect();
+        grads.sort_by(|a, b| a.0.cmp(&b.0));
+        (out.detach().contiguous(), grads)
+    };
+    let (plain, plain_grads) = run(&x);
+    // Channels-last weights make every activation channels-last, as training runs.
+    model::vs_to_channels_last(&vs);
+    let (nhwc, nhwc_grads) = run(&model::channels_last(&x));
+    let diff = (&nhwc - &plain).abs().max().double_value(&[]);
+    assert!(diff <= 1e-5, "outputs differ by {diff}");
+    let mut ln_grads = 0;
+    for ((name, a), (_, b)) in plain_grads.iter().zip(&nhwc_grads) {
+        let scale = a.abs().max().double_value(&[]).max(1e-3);
+        let d = (a - b).abs().max().double_value(&[]);
+        assert!(d <= 1e-4 * scale, "{name}: gradients differ by {d} (scale {scale})");
+        ln_grads += name.contains(".ln.") as i32;
+    }
+    assert!(ln_grads >= 28, "only {ln_grads} LayerNorm gradients compared");
+}
