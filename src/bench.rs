@@ -125,8 +125,14 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
         train.push((batch, s, batch as f64 / s));
     }
     let train_cuda_graphs = learner.graph_replays() > 0;
-    // Sampling is timed on the trained weights; the EMA copy and the optimizer go.
-    let model = learner.model;
+    // Sampling is timed on the trained weights (the EMA copy and the optimizer go), in the
+    // memory format `ddpm sample` loads a network in.
+    let mut model = learner.model;
+    if cfg.channels_last.for_sampling(device) != model.channels_last {
+        let mut sampling = spec.build(device, cfg.channels_last.for_sampling(device));
+        sampling.vs.copy(&model.vs).context("copying the trained weights for sampling")?;
+        model = sampling;
+    }
 
     let (epoch_sec, epoch_losses) = match epoch_steps > 0 {
         true => match data::load(&cfg.dataset, Split::Train) {

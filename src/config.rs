@@ -18,6 +18,66 @@ use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 use std::path::Path;
 
+/// `channels_last`: the memory format of the network's weights and images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelsLast {
+    /// Channels-last wherever it was measured faster: on the CPU for everything, on CUDA for
+    /// training; NCHW for sampling and evaluation on CUDA.
+    Auto,
+    On,
+    Off,
+}
+
+impl ChannelsLast {
+    /// The format of the network being trained on `device`.
+    pub fn for_training(self, _device: tch::Device) -> bool {
+        self != ChannelsLast::Off
+    }
+
+    /// The format of a network loaded for sampling or evaluation on `device`.
+    pub fn for_sampling(self, device: tch::Device) -> bool {
+        match self {
+            ChannelsLast::Auto => !device.is_cuda(),
+            ChannelsLast::On => true,
+            ChannelsLast::Off => false,
+        }
+    }
+}
+
+impl Serialize for ChannelsLast {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ChannelsLast::Auto => s.serialize_str("auto"),
+            ChannelsLast::On => s.serialize_bool(true),
+            ChannelsLast::Off => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ChannelsLast {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ChannelsLast;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false or auto")
+            }
+            fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<ChannelsLast, E> {
+                Ok(if b { ChannelsLast::On } else { ChannelsLast::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ChannelsLast, E> {
+                match s.to_ascii_lowercase().as_str() {
+                    "auto" => Ok(ChannelsLast::Auto),
+                    "true" => Ok(ChannelsLast::On),
+                    "false" => Ok(ChannelsLast::Off),
+                    _ => Err(E::custom(format!("{s:?} is not allowed: use true, false or auto"))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// The whole of `options.yml`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -28,8 +88,9 @@ pub struct Config {
     pub seed: u64,
     /// CPU threads for libtorch (0 = libtorch's default).
     pub threads: usize,
-    /// Convolutions in the channels-last memory format (NHWC strides).
-    pub channels_last: bool,
+    /// Convolutions in the channels-last memory format (NHWC strides): `true`, `false`, or
+    /// `auto` (channels-last, except for sampling and evaluation on CUDA).
+    pub channels_last: ChannelsLast,
     /// CPU training in this many compute streams (1 or 2; 0 = 2 on a CPU with two or more
     /// threads, unless the network uses dropout or the run is data-parallel).
     pub streams: usize,
@@ -47,7 +108,7 @@ impl Default for Config {
             device: "auto".into(),
             seed: 0,
             threads: 0,
-            channels_last: true,
+            channels_last: ChannelsLast::Auto,
             streams: 0,
             dataset: DatasetConfig::default(),
             ddpm: ScheduleConfig::default(),

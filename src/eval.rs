@@ -152,7 +152,8 @@ impl Drawing {
             bail!(UsageError(format!("no checkpoint at {}: pass --checkpoint PATH or --samples PATH", path.display())));
         }
         let fallback = ModelInfo::from_config(cfg);
-        let loaded = checkpoint::load_model(&path, &fallback, device, cfg.channels_last, cfg.sample.ema)?;
+        let loaded =
+            checkpoint::load_model(&path, &fallback, device, cfg.channels_last.for_sampling(device), cfg.sample.ema)?;
         let mut sc = cfg.sample.sampler_config();
         let k = loaded.model.num_classes();
         let labels = generate::cycling_labels(n, k, device);

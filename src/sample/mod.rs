@@ -80,8 +80,13 @@ pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
         export::Format::PngDir => check_writable(&out.join("000000.png"))?,
         _ => check_writable(&out)?,
     }
-    let loaded =
-        checkpoint::load_model(&path, &ModelInfo::from_config(cfg), device, cfg.channels_last, cfg.sample.ema)?;
+    let loaded = checkpoint::load_model(
+        &path,
+        &ModelInfo::from_config(cfg),
+        device,
+        cfg.channels_last.for_sampling(device),
+        cfg.sample.ema,
+    )?;
     let classes = loaded.model.num_classes();
     let mut sc = cfg.sample.sampler_config();
     let names = &loaded.info.spec.class_names;

@@ -165,9 +165,9 @@ impl Learner {
     /// A fresh model for `cfg` on `device`, its weights drawn from `cfg.seed`.
     pub fn new(cfg: &Config, spec: &ModelSpec, device: Device, distributed: bool) -> Result<Self> {
         tch::manual_seed(cfg.seed as i64);
-        let model = spec.build(device, cfg.channels_last);
+        let model = spec.build(device, cfg.channels_last.for_training(device));
         let ema = (cfg.train.ema_decay > 0.0).then(|| {
-            let mut averaged = spec.build(device, cfg.channels_last);
+            let mut averaged = spec.build(device, cfg.channels_last.for_training(device));
             (Ema::new(&model.vs, &mut averaged.vs, cfg.train.ema_decay), averaged)
         });
         let t = &cfg.train;

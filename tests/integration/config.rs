@@ -86,6 +86,34 @@ fn wrong_types_name_the_key_the_value_and_the_expected_type() {
     assert!(e.contains("network.channels") && e.contains("sequence"), "{e}");
     let e = err("train: 5\n");
     assert!(e.contains("train") && e.contains("section"), "{e}");
+    let e = err("channels_last: sometimes\n");
+    assert!(e.contains("channels_last") && e.contains("sometimes") && e.contains("true, false or auto"), "{e}");
+    let e = err("channels_last: 2\n");
+    assert!(e.contains("channels_last") && e.contains("true, false or auto"), "{e}");
+}
+
+/// `channels_last`: YAML booleans force the format everywhere; `auto` (the default) is
+/// channels-last except for sampling and evaluation on CUDA; the written config reads back.
+#[test]
+fn channels_last_accepts_booleans_and_auto() {
+    use ddpm::config::ChannelsLast;
+    use tch::Device;
+    let cuda = Device::Cuda(0);
+    assert_eq!(Config::default().channels_last, ChannelsLast::Auto);
+    for (yml, want, train, sample) in [
+        ("channels_last: auto\n", ChannelsLast::Auto, [true, true], [true, false]),
+        ("channels_last: true\n", ChannelsLast::On, [true, true], [true, true]),
+        ("channels_last: false\n", ChannelsLast::Off, [false, false], [false, false]),
+        ("channels_last: Auto\n", ChannelsLast::Auto, [true, true], [true, false]),
+    ] {
+        let cfg = load(yml).unwrap();
+        let c = cfg.channels_last;
+        assert_eq!(c, want, "{yml}");
+        assert_eq!([c.for_training(Device::Cpu), c.for_training(cuda)], train, "{yml}");
+        assert_eq!([c.for_sampling(Device::Cpu), c.for_sampling(cuda)], sample, "{yml}");
+        let again = Config::from_yaml_str(&cfg.to_yaml(), "written.yml", &[]).unwrap();
+        assert_eq!(again.channels_last, want, "{yml} after a round trip");
+    }
 }
 
 #[test]
