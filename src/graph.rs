@@ -89,22 +89,22 @@ impl CudaGraph {
     /// work, and the current stream waits for its work after): warm-up runs and the capture
     /// happen there, as `torch.cuda.graph` does.
     pub(crate) fn on_side_stream<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        self.step(Op::Enter)?;
-        let out = catching(f);
-        let exited = self.step(Op::Exit);
-        let out = out?;
-        exited?;
-        Ok(out)
+        self.between(Op::Enter, Op::Exit, f)
     }
 
     /// Records the kernels `f` launches (on the side stream, see [`CudaGraph::on_side_stream`])
     /// instead of running them; the capture is ended whatever `f` does.
     pub(crate) fn capture<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        self.step(Op::Begin)?;
+        self.between(Op::Begin, Op::End, f)
+    }
+
+    /// `open`, `f`, then `close` whatever `f` did; the first error wins.
+    fn between<T>(&self, open: Op, close: Op, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.step(open)?;
         let out = catching(f);
-        let ended = self.step(Op::End);
+        let closed = self.step(close);
         let out = out?;
-        ended?;
+        closed?;
         Ok(out)
     }
 
