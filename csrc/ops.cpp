@@ -8,9 +8,10 @@
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
-#include <cstdio>
 #include <string>
 #include <vector>
+
+#include "guarded.h"
 
 namespace {
 at::DeviceType device_type(int cuda) { return cuda ? at::kCUDA : at::kCPU; }
@@ -76,12 +77,12 @@ int ddpm_mkldnn_bf16_supported() {
 // count of this update (bias correction). `lr_tensor`, when not null, is a float32 0-dim tensor on
 // the parameters' device holding the learning rate in place of `lr` (libtorch's tensor-lr
 // overload: the value is read by the kernel, so a CUDA graph replays it with the current rate).
-// Returns 0, or -1 with the first line of the error in
-// err (e.g. where the op has no kernel for the device or dtype; nothing was changed then).
+// Returns 0, or 1 with the error in err (e.g. where the op has no kernel for the device or dtype;
+// nothing was changed then).
 int ddpm_fused_adam(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_avgs, at::Tensor** exp_avg_sqs,
                     at::Tensor* step, at::Tensor* lr_tensor, int n, double lr, double beta1, double beta2,
                     double weight_decay, double eps, int decoupled, char* err, size_t errlen) {
-  try {
+  return guarded(err, errlen, [&] {
     at::NoGradGuard no_grad;
     std::vector<at::Tensor> p, g, m, v, steps;
     p.reserve(n);
@@ -105,12 +106,6 @@ int ddpm_fused_adam(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_av
     } else {
       at::_fused_adam_(p, g, m, v, {}, steps, lr, beta1, beta2, weight_decay, eps, false, false);
     }
-    return 0;
-  } catch (const std::exception& e) {
-    std::string msg = e.what();
-    msg = msg.substr(0, msg.find('\n'));
-    std::snprintf(err, errlen, "%s", msg.c_str());
-    return -1;
-  }
+  });
 }
 }

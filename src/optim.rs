@@ -225,7 +225,8 @@ impl Adam {
             )
         };
         if rc != 0 {
-            return Err(unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned());
+            let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
+            return Err(msg.lines().next().unwrap_or("").to_string());
         }
         Ok(())
     }

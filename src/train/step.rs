@@ -124,7 +124,7 @@ impl Shard {
     }
 
     /// Unequal shards (a short last batch) weigh their mean loss by their share of the batch.
-    pub fn weight(&self) -> f64 {
+    fn weight(&self) -> f64 {
         (self.len * self.world) as f64 / self.full as f64
     }
 }
@@ -201,8 +201,12 @@ impl Learner {
             }
             _ => None,
         };
-        let graphs = StepGraphs::new(graphs_wanted(cfg, device, distributed, bf16, streams.is_some()));
-        Ok(Self { model, ema, opt, streams, bf16, total_steps: 0, graphs, cfg: cfg.clone() })
+        let graphs = StepGraphs::new(cfg.train.cuda_graphs && device.is_cuda());
+        let mut learner = Self { model, ema, opt, streams, bf16, total_steps: 0, graphs, cfg: cfg.clone() };
+        if let Some(why) = graphs_obstacle(cfg, distributed, bf16, learner.streams.is_some()) {
+            learner.graphs_off(why);
+        }
+        Ok(learner)
     }
 
     /// Whether steps go through CUDA graphs (see [`super::graphed`]).
@@ -294,7 +298,8 @@ impl Learner {
     /// One optimizer step on `inp` after `done` steps; returns the (device) loss of the batch.
     pub fn step(&mut self, inp: &StepInputs, done: i64, reduce: Option<Reduce>) -> Result<Tensor> {
         self.opt.lr = lr_at(&self.cfg.train, done, self.total_steps);
-        if self.graphs.is_on() && reduce.is_none() && inp.shard.weight() == 1.0 {
+        // (Graphs are off in data-parallel runs, the only ones that reduce.)
+        if self.graphs.is_on() && reduce.is_none() {
             let values = (self.opt.lr, self.opt.step + 1, self.ema.as_ref().map_or(0.0, |(e, _)| e.weight_at(done)));
             let mut graphs = std::mem::take(&mut self.graphs);
             let ran = graphs.run(&inp.batch, values, |io| self.step_from_device_values(io));
@@ -388,33 +393,21 @@ impl Learner {
     }
 }
 
-/// Whether the training step can go through CUDA graphs: `train.cuda_graphs` on a CUDA device
-/// in a build that has them, one process, fp32, libtorch's fused Adam. Says why not where the
-/// user asked for them on a GPU.
-fn graphs_wanted(cfg: &Config, device: Device, distributed: bool, bf16: bool, two_streams: bool) -> bool {
-    let t = &cfg.train;
-    if !t.cuda_graphs || !device.is_cuda() {
-        return false;
-    }
-    let why_not = if !crate::graph::available() {
+/// What keeps the training step out of CUDA graphs on a GPU, if anything: a build without
+/// them, a data-parallel run, bf16, the per-tensor Adam or two compute streams.
+fn graphs_obstacle(cfg: &Config, distributed: bool, bf16: bool, two_streams: bool) -> Option<&'static str> {
+    if !crate::graph::available() {
         Some("this ddpm was built without the CUDA headers")
     } else if distributed {
         Some("data-parallel runs reduce the gradients between backward and the update")
     } else if bf16 {
         Some("train.precision is bf16 (graphs are captured in fp32 only)")
-    } else if !t.fused_optimizer {
+    } else if !cfg.train.fused_optimizer {
         Some("train.fused_optimizer is false (the per-tensor update takes host values)")
     } else if two_streams {
         Some("the step runs on two compute streams")
     } else {
         None
-    };
-    match why_not {
-        Some(why) => {
-            tracing::info!("train.cuda_graphs: the training step runs without CUDA graphs: {why}");
-            false
-        }
-        None => true,
     }
 }
 

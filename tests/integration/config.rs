@@ -86,6 +86,8 @@ fn wrong_types_name_the_key_the_value_and_the_expected_type() {
     assert!(e.contains("network.channels") && e.contains("sequence"), "{e}");
     let e = err("train: 5\n");
     assert!(e.contains("train") && e.contains("section"), "{e}");
+    let e = err("train:\n  cuda_graphs: sometimes\n");
+    assert!(e.contains("train.cuda_graphs") && e.contains("sometimes") && e.contains("bool"), "{e}");
     let e = err("channels_last: sometimes\n");
     assert!(e.contains("channels_last") && e.contains("sometimes") && e.contains("true, false or auto"), "{e}");
     let e = err("channels_last: 2\n");
