@@ -3,7 +3,12 @@
 //! The update is PyTorch's `torch.optim.Adam` (non-amsgrad) step for step: by default in
 //! libtorch's fused kernel (`fused=True` in PyTorch: one call for all parameters instead of about
 //! nine kernels per parameter tensor, which is what bounds a small network's step on a GPU), and
-//! written out per tensor where that kernel is unavailable or `fused` is off.
+//! written out per tensor where that kernel is unavailable or `fused` is off. Both paths are
+//! checked against `torch.optim.Adam`/`AdamW` on the same gradients
+//! (`tests/integration/optimizer.rs`). One step count serves every parameter, where PyTorch
+//! counts per parameter: the same wherever each parameter gets a gradient on every step or on
+//! none, as in ddpm's networks (a parameter that got a gradient on only some steps would be
+//! bias-corrected by the shared count).
 
 use std::collections::BTreeMap;
 use tch::{nn, Tensor};

@@ -19,6 +19,7 @@ mod folder;
 mod gpu_scripts;
 mod inspect;
 mod model;
+mod optimizer;
 mod parity;
 mod precision;
 mod recipe;
