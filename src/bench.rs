@@ -9,10 +9,11 @@ use crate::diffusion::ddim::Spacing;
 use crate::diffusion::ddpm::StepOptions;
 use crate::diffusion::sampler::{ReverseProcess, Sampler};
 use crate::generate::{self, Request};
+use crate::learner::{BatchSlice, Learner};
 use crate::model::Denoiser;
+use crate::precision::Precision;
+use crate::seed::{self, derived_seed, SEED_STEP};
 use crate::spec::ModelSpec;
-use crate::train::options::Precision;
-use crate::train::step::{derived_seed, Learner, Shard, SEED_EPOCH, SEED_STEP};
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::time::Instant;
@@ -81,7 +82,7 @@ pub fn peak_rss_mib() -> f64 {
 
 /// Runs the benchmark; `epoch_steps = 0` skips the epoch measurement, `sampling = false` the
 /// sampling ones (reported as NaN). The training step is `ddpm train`'s own
-/// ([`crate::train::step::Learner`]): the configured recipe, streams and precision.
+/// ([`crate::learner::Learner`]): the configured recipe, streams and precision.
 pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], sampling: bool) -> Result<BenchResult> {
     if cfg.threads > 0 {
         tch::set_num_threads(cfg.threads as i32);
@@ -105,8 +106,12 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
         // Two warm-up steps, and with CUDA graphs those before the first replay of this shape.
         let warmup = 2 + learner.graph_warmup_steps();
         let mut step = |i: i64| -> Result<Tensor> {
-            let inp =
-                learner.inputs(x0.shallow_clone(), &labels, Shard::whole(batch), derived_seed(cfg.seed, SEED_STEP, i));
+            let inp = learner.inputs(
+                x0.shallow_clone(),
+                &labels,
+                BatchSlice::whole(batch),
+                derived_seed(cfg.seed, SEED_STEP, i),
+            );
             learner.step(&inp, i, None)
         };
         for i in 0..warmup {
@@ -264,12 +269,11 @@ fn time_epoch(
     learner.set_total_steps(spe * cfg.train.n_epochs);
     let steps = steps.min(spe);
     let t0 = Instant::now();
-    tch::manual_seed(derived_seed(cfg.seed, SEED_EPOCH, 1));
-    let perm = Tensor::randperm(n, (Kind::Int64, Device::Cpu));
+    let perm = seed::epoch_order(cfg.seed, 1, n);
     let mut losses = Vec::new();
     for b in 0..steps {
         let idx = perm.narrow(0, b * bs, bs.min(n - b * bs));
-        let shard = Shard::whole(idx.size()[0]);
+        let shard = BatchSlice::whole(idx.size()[0]);
         let inp = learner.inputs_at(ds, &idx, shard, b);
         losses.push(learner.step(&inp, b, None)?);
     }

@@ -2,8 +2,6 @@
 //! saved tensor), scores them against N images of the dataset's test split with
 //! [`crate::score`], prints a table and appends to `evals.jsonl`.
 
-pub mod options;
-
 use crate::checkpoint::{self, ModelInfo};
 use crate::config::Config;
 use crate::data::{self, Split};

@@ -4,6 +4,7 @@
 use crate::diffusion::prediction::AsEps;
 use crate::diffusion::sampler::{self, ReverseProcess};
 use crate::logging;
+use crate::seed::{derived_seed, SEED_BATCH};
 use crate::spec::Model;
 use tch::{Device, Kind, Tensor};
 
@@ -84,9 +85,6 @@ pub fn draw(model: &Model, req: &Request, mut frames: Option<(&mut Vec<Tensor>, 
     Tensor::cat(&parts, 0)
 }
 
-/// The seed purpose of the noise of a numbered batch ([`draw_batch`]).
-pub const SEED_BATCH: u64 = 3;
-
 /// Global batch `k` of a large set (exports, evaluations): the `len` images from `start`,
 /// with the labels of those indices, from noise seeded by `(seed, k)` alone, so a batch is the
 /// same whichever process draws it and whatever was drawn before. `progress`: a bar over the
@@ -104,7 +102,7 @@ pub fn draw_batch(
         n: len,
         labels: y.as_ref(),
         batch: len,
-        seed: crate::train::step::derived_seed(seed, SEED_BATCH, k) as u64,
+        seed: derived_seed(seed, SEED_BATCH, k) as u64,
         sampler,
         progress,
     };

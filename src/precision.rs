@@ -7,6 +7,24 @@
 use anyhow::{bail, Result};
 use tch::{Device, Kind};
 
+crate::choice! {
+    /// `train.precision` and `sample.precision`.
+    pub enum Precision {
+        Fp32 = "fp32" | "float32",
+        /// bfloat16 autocast on CUDA, and on CPUs where oneDNN supports bf16.
+        Bf16 = "bf16" | "bfloat16",
+    }
+    hint = precision_hint;
+}
+
+fn precision_hint(key: &str) -> Option<String> {
+    matches!(key, "fp16" | "float16" | "half").then(|| {
+        "float16 needs a gradient scaler that ddpm does not have, and diffusion training without one \
+         diverges: use bf16 or fp32"
+            .to_string()
+    })
+}
+
 mod ffi {
     use std::os::raw::c_int;
     extern "C" {

@@ -5,7 +5,7 @@
 //! many processes share the work. Outputs (features, images) are gathered back in global
 //! order with one broadcast per rank.
 
-use crate::dist::{DistEnv, ProcessGroup};
+use crate::dist::ProcessGroup;
 use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
@@ -33,12 +33,10 @@ impl Shard {
     /// threads (`threads`, or the cores shared among the local workers) and returns the device
     /// to use: `cuda:LOCAL_RANK` when `device` is a GPU.
     pub fn from_env(threads: usize, device: Device) -> Result<(Shard, Device)> {
-        let env = DistEnv::from_env()?;
-        let device = crate::dist::set_up_worker(env.as_ref(), threads, device);
-        Ok(match env {
+        let (joined, device) = crate::dist::join(threads, device)?;
+        Ok(match joined {
             None => (Shard::single(), device),
-            Some(e) => {
-                let group = ProcessGroup::from_env(&e, device)?;
+            Some((e, group)) => {
                 if e.rank == 0 {
                     tracing::info!("{} processes ({}), the images split by batches", e.world_size, group.backend);
                 }

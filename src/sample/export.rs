@@ -9,6 +9,7 @@
 //! that ran through. A manifest (`ddpm-export.json` in the folder, `<out>.parts/manifest.json`)
 //! holds the settings, and a resume with other settings is refused.
 
+use crate::config::sample::Format;
 use crate::error::UsageError;
 use crate::generate;
 use crate::grid;
@@ -18,18 +19,6 @@ use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
-
-crate::choice! {
-    /// `sample.format` (`--format`): what `ddpm sample` writes.
-    pub enum Format {
-        /// One PNG grid.
-        Grid = "grid",
-        /// `000000.png`, `000001.png`, ... in a folder.
-        PngDir = "png-dir" | "png" | "pngs",
-        /// `arr_0`: `uint8 [N, H, W, C]`; `arr_1`: `int64 [N]` labels of a conditional model.
-        Npz = "npz",
-    }
-}
 
 /// An export to run.
 pub struct Export<'a> {

@@ -4,9 +4,9 @@
 //! process.
 
 pub mod export;
-pub mod options;
 
 use crate::checkpoint::{self, ModelInfo};
+use crate::config::sample::Format;
 use crate::config::Config;
 use crate::diffusion::sampler;
 use crate::error::UsageError;
@@ -70,14 +70,14 @@ pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
         )));
     }
     let out = req.out.clone().unwrap_or_else(|| export::default_out(&cfg.train.run_dir, format));
-    if req.resume && format == export::Format::Grid {
+    if req.resume && format == Format::Grid {
         bail!(UsageError("--resume continues a png-dir or npz export: add --format png-dir or --format npz".into()));
     }
-    if format != export::Format::Grid && (req.process || req.save_tensor.is_some()) {
+    if format != Format::Grid && (req.process || req.save_tensor.is_some()) {
         bail!(UsageError(format!("--process and --save-tensor go with --format grid, not {}", format.as_str())));
     }
     match format {
-        export::Format::PngDir => check_writable(&out.join("000000.png"))?,
+        Format::PngDir => check_writable(&out.join("000000.png"))?,
         _ => check_writable(&out)?,
     }
     let loaded = checkpoint::load_model(
@@ -139,7 +139,7 @@ pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
         loaded.info.warn_untrained_null_class(&path, sc.guidance);
     }
     let n = labels.as_ref().map_or(cfg.sample.n_samples, |l| l.size()[0]);
-    if format != export::Format::Grid {
+    if format != Format::Grid {
         let s = &cfg.sample;
         let settings = serde_json::json!({
             "checkpoint": path.display().to_string(),
@@ -240,7 +240,7 @@ pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
 /// Refuses a grid drawn by `nproc` > 1 processes (exports are shared among processes, grids
 /// are not).
 pub fn check_nproc(cfg: &Config, nproc: usize) -> Result<()> {
-    if nproc > 1 && cfg.sample.format == export::Format::Grid {
+    if nproc > 1 && cfg.sample.format == Format::Grid {
         bail!(UsageError(format!(
             "--nproc {nproc}: a grid is drawn by one process; draw many images across processes with \
              --format png-dir or --format npz"

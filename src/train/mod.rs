@@ -13,26 +13,22 @@
 //! `state.rs` (save, resume, broadcast), `epoch_end.rs` (metrics, grids, evaluation).
 
 mod epoch_end;
-pub mod graphed;
-pub mod options;
 mod run;
 mod state;
-pub mod step;
-pub mod streams;
 
 use crate::checkpoint::ModelInfo;
 use crate::config::Config;
 use crate::data::{self, ImageDataset, Split};
-use crate::dist::{DistEnv, ProcessGroup};
+use crate::dist::{self, ProcessGroup};
 use crate::error::UsageError;
+use crate::learner::Learner;
 use crate::run_dir::{self, RunLock};
 use crate::score::classifier::Classifier;
 use crate::{device, interrupt, logging};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
-use step::Learner;
 
-pub use options::TrainConfig;
+pub use crate::config::train::TrainConfig;
 
 /// How to start.
 #[derive(Debug, Clone, Copy, Default)]
@@ -87,13 +83,11 @@ impl Trainer<'_> {
 
 /// `ddpm train`.
 pub fn train(cfg: &Config, opts: TrainOptions) -> Result<()> {
-    let env = DistEnv::from_env()?;
-    let device = crate::dist::set_up_worker(env.as_ref(), cfg.threads, device::resolve(&cfg.device)?);
     interrupt::install()?;
-    let dist = match &env {
+    let (joined, device) = dist::join(cfg.threads, device::resolve(&cfg.device)?)?;
+    let dist = match joined {
         None => None,
-        Some(e) => {
-            let pg = ProcessGroup::from_env(e, device)?;
+        Some((e, pg)) => {
             if e.rank == 0 {
                 tracing::info!(
                     "data-parallel: {} processes ({}, rendezvous {}:{}), {} images per process per step",

@@ -3,13 +3,14 @@
 //! first, and the epoch ends.
 
 use super::epoch_end::Logs;
-use super::step::{derived_seed, Shard, SEED_EPOCH};
 use super::{Position, Trainer};
 use crate::error::{Interrupted, EXIT_SIGINT, EXIT_SIGTERM};
+use crate::learner::BatchSlice;
+use crate::seed;
 use crate::{checkpoint, interrupt, logging};
 use anyhow::{bail, Result};
 use std::time::Instant;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 impl Trainer<'_> {
     /// One optimizer step on the global batch `idx`; returns the (device) loss. In a
@@ -18,8 +19,8 @@ impl Trainer<'_> {
     fn step(&mut self, idx: &Tensor) -> Result<Tensor> {
         let full = idx.size()[0];
         let shard = match &self.dist {
-            None => Shard::whole(full),
-            Some(d) => Shard::of(d.rank as i64, d.world_size as i64, full),
+            None => BatchSlice::whole(full),
+            Some(d) => BatchSlice::of(d.rank as i64, d.world_size as i64, full),
         };
         let device = self.learner.model.device();
         let inp = self.learner.inputs_at(&self.dataset, idx, shard, self.pos.step);
@@ -114,8 +115,7 @@ impl Trainer<'_> {
         while self.pos.epoch <= c.train.n_epochs && self.pos.step < total {
             let epoch = self.pos.epoch;
             let epoch_start = Instant::now();
-            tch::manual_seed(derived_seed(c.seed, SEED_EPOCH, epoch));
-            let perm = Tensor::randperm(n_images, (Kind::Int64, Device::Cpu));
+            let perm = seed::epoch_order(c.seed, epoch, n_images);
             let last_batch = spe.min(self.pos.batch + total - self.pos.step);
             let bar = logging::progress_bar(
                 (last_batch - self.pos.batch) as u64,

@@ -42,7 +42,7 @@ fn cpu_bf16_trains_in_one_stream() {
     let set = |k: &str, v: &str| (k.to_string(), v.to_string());
     for (precision, want) in [("bf16", if precision::cpu_supports_bf16() { 1 } else { 2 }), ("fp32", 2)] {
         let cfg = Config::load(&path, &[set("streams", "2"), set("train.precision", precision)]).unwrap();
-        assert_eq!(ddpm::train::streams::wanted(&cfg, Device::Cpu, false), want, "{precision}");
+        assert_eq!(ddpm::learner::streams::wanted(&cfg, Device::Cpu, false), want, "{precision}");
     }
 }
 

@@ -4,114 +4,38 @@
 //! under bf16 autocast when configured), the gradients' all-reduce in a data-parallel run,
 //! clipping, warm-up, Adam and the EMA update. `ddpm train` and `ddpm bench` both run it.
 
-use super::graphed::{Ran, StaticStep, StepGraphs};
-use super::options::{LrSchedule, Optimizer, Precision, TrainConfig};
-use super::streams::{self, Streams};
+pub mod graphed;
+mod lr;
+pub mod streams;
+
+pub use lr::lr_at;
+
+use crate::config::train::Optimizer;
 use crate::config::Config;
 use crate::data::ImageDataset;
+use crate::diffusion::loss::{denoising_loss, NetBatch, Target};
 use crate::diffusion::prediction::LossWeighting;
 use crate::ema::Ema;
-use crate::model::Denoiser;
 use crate::optim::{Adam, AdamConfig};
+use crate::precision::Precision;
+use crate::seed::{derived_seed, SEED_STEP};
 use crate::spec::{Model, ModelSpec};
 use anyhow::Result;
-use tch::{Device, Kind, Reduction, Tensor};
-
-/// Seeds derived from the run's seed, one stream per purpose (splitmix64; positive).
-pub fn derived_seed(seed: u64, purpose: u64, index: i64) -> i64 {
-    let mut z = seed ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (index as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    ((z ^ (z >> 31)) >> 1) as i64
-}
-/// The purpose of the seed of an epoch's permutation.
-pub const SEED_EPOCH: u64 = 1;
-/// The purpose of the seed of a step's random draws.
-pub const SEED_STEP: u64 = 2;
-
-/// What the network is fitted to in a step: its target and, for Min-SNR weighting, one weight
-/// per sample.
-pub struct Target {
-    pub value: Tensor,
-    pub weights: Option<Tensor>,
-}
-
-impl Target {
-    /// Rows `[lo, lo + n)`.
-    pub fn narrow(&self, lo: i64, n: i64) -> Target {
-        Target { value: self.value.narrow(0, lo, n), weights: self.weights.as_ref().map(|w| w.narrow(0, lo, n)) }
-    }
-}
-
-/// A (micro-)batch as the network sees it: the noisy images, their timesteps and labels, and
-/// what the output is fitted to.
-pub struct NetBatch {
-    pub x_t: Tensor,
-    pub t: Tensor,
-    pub labels: Option<Tensor>,
-    pub target: Target,
-}
-
-impl NetBatch {
-    /// Rows `[lo, lo + n)`.
-    pub fn narrow(&self, lo: i64, n: i64) -> NetBatch {
-        NetBatch {
-            x_t: self.x_t.narrow(0, lo, n),
-            t: self.t.narrow(0, lo, n),
-            labels: self.labels.as_ref().map(|l| l.narrow(0, lo, n)),
-            target: self.target.narrow(lo, n),
-        }
-    }
-
-    pub fn len(&self) -> i64 {
-        self.x_t.size()[0]
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// The training loss: the mean squared error between the target and the network's output (in
-/// fp32 whatever the autocast dtype); with weights, each sample's mean error times its weight,
-/// averaged.
-pub fn denoising_loss(net: &dyn Denoiser, b: &NetBatch) -> Tensor {
-    let out = net.forward(&b.x_t, &b.t, b.labels.as_ref()).to_kind(Kind::Float);
-    match &b.target.weights {
-        None => out.mse_loss(&b.target.value, Reduction::Mean),
-        Some(w) => {
-            ((out - &b.target.value).square().mean_dim(&[1i64, 2, 3][..], false, Kind::Float) * w).mean(Kind::Float)
-        }
-    }
-}
-
-/// The learning rate of update `done` (0-based) of a run of `total` steps: the paper's linear
-/// warm-up `min(1, done / warmup_steps)`, then `train.lr_schedule` from the end of the warm-up
-/// to the last step: constant, cosine `(1 + cos(pi p)) / 2` or linear `1 - p`, with p the share
-/// of the decay done.
-pub fn lr_at(t: &TrainConfig, done: i64, total: i64) -> f64 {
-    let warm = if t.warmup_steps > 0 { (done as f64 / t.warmup_steps as f64).min(1.0) } else { 1.0 };
-    let span = total - t.warmup_steps;
-    let p = if span > 0 { ((done - t.warmup_steps) as f64 / span as f64).clamp(0.0, 1.0) } else { 0.0 };
-    let decay = match t.lr_schedule {
-        LrSchedule::Constant => 1.0,
-        LrSchedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
-        LrSchedule::Linear => 1.0 - p,
-    };
-    t.lr * warm * decay
-}
+use graphed::{Ran, StaticStep, StepGraphs};
+use streams::Streams;
+use tch::{Device, Kind, Tensor};
 
 /// This process's part `[start, start + len)` of a global batch of `full` images split over
 /// `world` processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
+pub struct BatchSlice {
     pub start: i64,
     pub len: i64,
     pub full: i64,
     pub world: i64,
 }
 
-impl Shard {
+impl BatchSlice {
     /// The whole batch, in a single process.
     pub fn whole(full: i64) -> Self {
         Self { start: 0, len: full, full, world: 1 }
@@ -131,7 +55,7 @@ impl Shard {
 
 /// A step's inputs, as trained on.
 pub struct StepInputs {
-    pub shard: Shard,
+    pub shard: BatchSlice,
     /// This shard's images, after flips, in [-1, 1].
     pub x0: Tensor,
     pub noise: Tensor,
@@ -209,7 +133,7 @@ impl Learner {
         Ok(learner)
     }
 
-    /// Whether steps go through CUDA graphs (see [`super::graphed`]).
+    /// Whether steps go through CUDA graphs (see [`graphed`]).
     pub fn cuda_graphs(&self) -> bool {
         self.graphs.is_on()
     }
@@ -257,7 +181,7 @@ impl Learner {
     /// Draws the step's random numbers from `seed` for the whole global batch and keeps
     /// `shard`'s part of them, so N processes take the step one process would take. `x0` and
     /// `labels` are the shard's images in [-1, 1] and their classes.
-    pub fn inputs(&self, x0: Tensor, labels: &Tensor, shard: Shard, seed: i64) -> StepInputs {
+    pub fn inputs(&self, x0: Tensor, labels: &Tensor, shard: BatchSlice, seed: i64) -> StepInputs {
         let (device, full, lo, len) = (self.model.device(), shard.full, shard.start, shard.len);
         let [c, h, w] = self.model.image_shape;
         tch::manual_seed(seed);
@@ -288,7 +212,7 @@ impl Learner {
     /// The inputs of training step `step` (0-based) on the global batch `idx` of `dataset`:
     /// `shard`'s images and labels, and the random draws seeded from `(seed, step)`. What
     /// `ddpm train` and `ddpm bench` both feed to [`Learner::step`].
-    pub fn inputs_at(&self, dataset: &ImageDataset, idx: &Tensor, shard: Shard, step: i64) -> StepInputs {
+    pub fn inputs_at(&self, dataset: &ImageDataset, idx: &Tensor, shard: BatchSlice, step: i64) -> StepInputs {
         let device = self.model.device();
         let idx = idx.narrow(0, shard.start, shard.len);
         let (x0, labels) = (dataset.batch(&idx, device), dataset.labels.index_select(0, &idx).to_device(device));
@@ -446,7 +370,7 @@ mod tests {
         let labels = Tensor::zeros([6], (Kind::Int64, Device::Cpu));
         let mut io: Option<StaticStep> = None;
         for done in 0..4 {
-            let inp = host.inputs(x0.shallow_clone(), &labels, Shard::whole(6), 100 + done);
+            let inp = host.inputs(x0.shallow_clone(), &labels, BatchSlice::whole(6), 100 + done);
             let want = host.step(&inp, done, None).unwrap();
             let io = io.get_or_insert_with(|| StaticStep::for_batch(&inp.batch));
             io.load(&inp.batch).unwrap();
@@ -466,30 +390,5 @@ mod tests {
             moved = moved.max((x - s).abs().max().double_value(&[]));
         }
         assert!(moved > 1e-4, "the steps moved nothing ({moved})");
-    }
-
-    #[test]
-    fn learning_rate_schedules() {
-        let mut t = TrainConfig { lr: 1.0, warmup_steps: 0, ..Default::default() };
-        assert_eq!((0..5).map(|d| lr_at(&t, d, 4)).collect::<Vec<_>>(), [1.0; 5]);
-        t.lr_schedule = LrSchedule::Linear;
-        // Over 4 steps: 1, 3/4, 1/2, 1/4; past the end 0.
-        assert_eq!((0..5).map(|d| lr_at(&t, d, 4)).collect::<Vec<_>>(), [1.0, 0.75, 0.5, 0.25, 0.0]);
-        t.lr_schedule = LrSchedule::Cosine;
-        let cos: Vec<f64> = (0..5).map(|d| lr_at(&t, d, 4)).collect();
-        let want = [
-            1.0,
-            0.5 + 0.5 * (std::f64::consts::PI / 4.0).cos(),
-            0.5,
-            0.5 - 0.5 * (std::f64::consts::PI / 4.0).cos(),
-            0.0,
-        ];
-        assert!(cos.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-15), "{cos:?}");
-        // Warm-up first (update 0 has lr 0, as in the paper), the decay after it.
-        t.warmup_steps = 2;
-        t.lr_schedule = LrSchedule::Linear;
-        assert_eq!((0..6).map(|d| lr_at(&t, d, 6)).collect::<Vec<_>>(), [0.0, 0.5, 1.0, 0.75, 0.5, 0.25]);
-        // No decay span (total 0: not set): warm-up only.
-        assert_eq!(lr_at(&t, 5, 0), 1.0);
     }
 }

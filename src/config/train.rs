@@ -2,6 +2,7 @@
 
 use crate::diffusion::prediction::{LossWeighting, Prediction};
 use crate::diffusion::sampler::SamplerKind;
+use crate::precision::Precision;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -24,24 +25,6 @@ crate::choice! {
         /// A straight line from lr to 0 over the rest of the run.
         Linear = "linear",
     }
-}
-
-crate::choice! {
-    /// `train.precision`.
-    pub enum Precision {
-        Fp32 = "fp32" | "float32",
-        /// bfloat16 autocast on CUDA, and on CPUs where oneDNN supports bf16.
-        Bf16 = "bf16" | "bfloat16",
-    }
-    hint = precision_hint;
-}
-
-fn precision_hint(key: &str) -> Option<String> {
-    matches!(key, "fp16" | "float16" | "half").then(|| {
-        "float16 needs a gradient scaler that ddpm does not have, and diffusion training without one \
-         diverges: use bf16 or fp32"
-            .to_string()
-    })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

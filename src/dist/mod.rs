@@ -6,11 +6,16 @@
 //! `MASTER_ADDR` and `MASTER_PORT`; [`launch`] starts N local workers with those set
 //! (`ddpm train --nproc N`).
 
+mod env;
+mod launch;
+
+pub use env::{env_rank, join, set_up_worker, DistEnv};
+pub use launch::{args_without_nproc, launch};
+
 use crate::error::UsageError;
 use anyhow::{bail, Context, Result};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tch::{Device, Tensor};
 
 /// Largest flat buffer of one all-reduce or broadcast.
@@ -51,79 +56,6 @@ mod ffi {
         ) -> c_int;
         pub fn ddpm_dist_free(g: *mut c_void);
     }
-}
-
-/// Where this process stands in a distributed run, from the torchrun environment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DistEnv {
-    pub rank: usize,
-    pub world_size: usize,
-    pub local_rank: usize,
-    /// Workers on this machine (LOCAL_WORLD_SIZE; defaults to the world size).
-    pub local_world_size: usize,
-    pub master_addr: String,
-    pub master_port: u16,
-}
-
-impl DistEnv {
-    /// `None` when `WORLD_SIZE` is not set (a plain single-process run).
-    pub fn from_env() -> Result<Option<DistEnv>> {
-        Self::from_lookup(|k| std::env::var(k).ok())
-    }
-
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<DistEnv>> {
-        let Some(world) = get("WORLD_SIZE") else { return Ok(None) };
-        let num = |key: &str, default: Option<usize>| -> Result<usize> {
-            match get(key) {
-                Some(v) => v.trim().parse().map_err(|_| {
-                    anyhow::anyhow!("environment variable {key}={v:?} is not a number (torchrun-style launch)")
-                }),
-                None => default.with_context(|| format!("WORLD_SIZE is set but {key} is not (torchrun-style launch)")),
-            }
-        };
-        let world_size: usize = world
-            .trim()
-            .parse()
-            .ok()
-            .filter(|&w| w >= 1)
-            .with_context(|| format!("environment variable WORLD_SIZE={world:?} is not a number >= 1"))?;
-        let rank = num("RANK", None)?;
-        if rank >= world_size {
-            bail!("RANK={rank} must be below WORLD_SIZE={world_size}");
-        }
-        let local_rank = num("LOCAL_RANK", Some(rank))?;
-        let local_world_size = num("LOCAL_WORLD_SIZE", Some(world_size))?;
-        let master_addr = get("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
-        let port = num("MASTER_PORT", Some(29500))?;
-        let master_port = u16::try_from(port)
-            .ok()
-            .filter(|&p| p > 0)
-            .with_context(|| format!("MASTER_PORT={port} is not a TCP port"))?;
-        Ok(Some(DistEnv { rank, world_size, local_rank, local_world_size, master_addr, master_port }))
-    }
-}
-
-/// Sets libtorch's threads (`threads` when not 0; else, in a distributed run, the machine's
-/// cores shared among its workers instead of each taking all of them) and returns the device
-/// of this worker: `cuda:LOCAL_RANK` when `device` is a GPU.
-pub fn set_up_worker(env: Option<&DistEnv>, threads: usize, device: Device) -> Device {
-    match (env, threads) {
-        (_, n) if n > 0 => tch::set_num_threads(n as i32),
-        (Some(e), _) => {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            tch::set_num_threads((cores / e.local_world_size.max(1)).max(1) as i32);
-        }
-        _ => {}
-    }
-    match (env, device) {
-        (Some(e), Device::Cuda(_)) => Device::Cuda(e.local_rank),
-        _ => device,
-    }
-}
-
-/// The rank from the environment (0 when not distributed or not parseable), for logging set-up.
-pub fn env_rank() -> usize {
-    std::env::var("RANK").ok().and_then(|r| r.parse().ok()).unwrap_or(0)
 }
 
 /// A process group: every collective is called by all ranks in the same order.
@@ -289,111 +221,6 @@ impl Drop for ProcessGroup {
         unsafe {
             ffi::ddpm_dist_free(self.handle)
         }
-    }
-}
-
-/// A free TCP port on the loopback interface (for `--nproc`'s rendezvous).
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free TCP port for the workers")?;
-    Ok(l.local_addr()?.port())
-}
-
-/// The command line of this process without `--nproc N` / `--nproc=N`.
-pub fn args_without_nproc(args: &[String]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut skip = false;
-    for a in args {
-        if skip {
-            skip = false;
-        } else if a == "--nproc" {
-            skip = true;
-        } else if !a.starts_with("--nproc=") {
-            out.push(a.clone());
-        }
-    }
-    out
-}
-
-/// `ddpm train --nproc N`: runs this same command as N local workers (ranks 0..N) on one
-/// rendezvous port and waits for them. When one fails, the others are given `grace` to stop
-/// on their own (they see the broken group) and are then killed; the error names the rank.
-pub fn launch(nproc: usize, grace: Duration) -> Result<()> {
-    if nproc == 0 {
-        bail!(crate::error::UsageError("--nproc must be at least 1".into()));
-    }
-    let exe = std::env::current_exe().context("cannot find the ddpm executable to start the workers")?;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let args = args_without_nproc(&args);
-    let port = free_port()?;
-    tracing::info!("starting {nproc} workers (rendezvous at 127.0.0.1:{port})");
-    crate::interrupt::install()?;
-    let mut children: Vec<(usize, Child)> = Vec::new();
-    for rank in 0..nproc {
-        let child = Command::new(&exe)
-            .args(&args)
-            .env("RANK", rank.to_string())
-            .env("LOCAL_RANK", rank.to_string())
-            .env("WORLD_SIZE", nproc.to_string())
-            .env("LOCAL_WORLD_SIZE", nproc.to_string())
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string())
-            .spawn()
-            .with_context(|| format!("cannot start worker {rank} ({})", exe.display()));
-        match child {
-            Ok(c) => children.push((rank, c)),
-            Err(e) => {
-                kill_all(&mut children);
-                return Err(e);
-            }
-        }
-    }
-    let mut failed: Option<(usize, std::process::ExitStatus, Instant)> = None;
-    let mut forwarded = false;
-    loop {
-        let mut running = 0;
-        for (rank, child) in &mut children {
-            match child.try_wait()? {
-                Some(status) if !status.success() && failed.is_none() => failed = Some((*rank, status, Instant::now())),
-                Some(_) => {}
-                None => running += 1,
-            }
-        }
-        if running == 0 {
-            break;
-        }
-        // A SIGTERM to the launcher goes on to the workers (Ctrl-C reaches them from the
-        // terminal already).
-        if !forwarded && crate::interrupt::pending() == Some(crate::error::EXIT_SIGTERM) {
-            forwarded = true;
-            for (_, child) in &children {
-                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-            }
-        }
-        if let Some((_, _, at)) = failed {
-            if at.elapsed() > grace {
-                kill_all(&mut children);
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    match failed {
-        None => Ok(()),
-        Some((rank, status, _)) => match status.code() {
-            Some(code @ (2 | 130 | 143)) => Err(crate::error::Interrupted {
-                code: code as u8,
-                message: format!("worker {rank} of {nproc} exited with status {code} (its message is above)"),
-            }
-            .into()),
-            _ => bail!("worker {rank} of {nproc} failed ({status}); the others were stopped"),
-        },
-    }
-}
-
-fn kill_all(children: &mut [(usize, Child)]) {
-    for (_, c) in children.iter_mut() {
-        let _ = c.kill();
-        let _ = c.wait();
     }
 }
 

@@ -4,7 +4,20 @@
 use crate::diffusion::ddim::Spacing;
 use crate::diffusion::ddpm::StepOptions;
 use crate::diffusion::sampler::{ReverseProcess, Sampler, SamplerKind};
+use crate::precision::Precision;
 use serde::{Deserialize, Serialize};
+
+crate::choice! {
+    /// `sample.format` (`--format`): what `ddpm sample` writes.
+    pub enum Format {
+        /// One PNG grid.
+        Grid = "grid",
+        /// `000000.png`, `000001.png`, ... in a folder.
+        PngDir = "png-dir" | "png" | "pngs",
+        /// `arr_0`: `uint8 [N, H, W, C]`; `arr_1`: `int64 [N]` labels of a conditional model.
+        Npz = "npz",
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -32,10 +45,10 @@ pub struct SampleConfig {
     pub ema: bool,
     /// What `ddpm sample` writes: `grid` (one PNG), `png-dir` (a PNG per sample) or `npz`
     /// (`arr_0` uint8 NHWC, `arr_1` labels).
-    pub format: super::export::Format,
+    pub format: Format,
     /// `fp32` or `bf16`: the network under bfloat16 autocast (CUDA, and CPUs whose oneDNN
     /// runs bf16; `ddpm sample` and `ddpm eval` refuse it elsewhere, grids stay fp32 there).
-    pub precision: crate::train::options::Precision,
+    pub precision: Precision,
     /// CUDA: replay the network's kernels from a CUDA graph captured once per batch shape
     /// (fp32; no effect on the CPU or with precision bf16).
     pub cuda_graphs: bool,
@@ -59,8 +72,8 @@ impl Default for SampleConfig {
             spacing: Spacing::Uniform,
             guidance: 2.0,
             ema: true,
-            format: super::export::Format::Grid,
-            precision: crate::train::options::Precision::Fp32,
+            format: Format::Grid,
+            precision: Precision::Fp32,
             cuda_graphs: true,
             freeze: true,
         }
@@ -95,7 +108,7 @@ impl SampleConfig {
     /// The reverse process these settings describe (guidance as configured).
     /// `precision: bf16` where the device cannot run it is a one-line error.
     pub fn check_precision(&self, device: tch::Device) -> Result<(), crate::error::UsageError> {
-        if self.precision == crate::train::options::Precision::Bf16 && !crate::precision::bf16_available(device) {
+        if self.precision == Precision::Bf16 && !crate::precision::bf16_available(device) {
             return Err(crate::error::UsageError(
                 "sample.precision = bf16: this CPU's oneDNN does not run bfloat16 (it needs AVX512-BF16 or AMX), \
                  and bf16 emulated here is slower than fp32: use fp32, or a GPU"
@@ -121,7 +134,7 @@ impl SampleConfig {
             sampler,
             opts: StepOptions { simple_var: self.simple_var, clip_x0: self.clip_x0 },
             guidance: self.guidance,
-            bf16: self.precision == crate::train::options::Precision::Bf16,
+            bf16: self.precision == Precision::Bf16,
             cuda_graphs: self.cuda_graphs,
         }
     }

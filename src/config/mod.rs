@@ -1,22 +1,28 @@
-//! `options.yml`: loading, command-line overrides and validation. Each section's type lives
-//! beside the code that uses it ([`DatasetConfig`] in `data`, [`NetworkConfig`] in `model`,
-//! [`ScheduleConfig`] in `diffusion`, [`TrainConfig`] in `train`, [`SampleConfig`] in
-//! `sample`, [`EvalConfig`] in `eval`) and validates its own keys; this module only puts them together.
+//! `options.yml`: loading, command-line overrides and validation. The sections of the commands
+//! live here ([`TrainConfig`] in `train.rs`, [`SampleConfig`] in `sample.rs`, [`EvalConfig`]
+//! in `eval.rs`), those that describe data and model beside the code they describe
+//! ([`DatasetConfig`] in `data`, [`NetworkConfig`] in `model`, [`ScheduleConfig`] in
+//! `diffusion`); each validates its own keys, and this module puts them together. Nothing here
+//! imports a command.
 //!
 //! Loading goes through a `serde_yaml::Value` first so that unknown keys can be reported with
 //! the nearest valid key, YAML tags such as `!!float 1e-3` are accepted, and `--set key=value`
 //! overrides are merged before the typed structs are built.
 
+pub mod eval;
+pub mod sample;
+pub mod train;
+
 use crate::data::DatasetConfig;
 use crate::diffusion::ScheduleConfig;
 use crate::error::usage as bad;
-use crate::eval::options::EvalConfig;
 use crate::model::NetworkConfig;
-use crate::sample::options::SampleConfig;
-use crate::train::options::TrainConfig;
+use eval::EvalConfig;
+use sample::SampleConfig;
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 use std::path::Path;
+use train::TrainConfig;
 
 /// `channels_last`: the memory format of the network's weights and images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,8 +7,8 @@
 //! All random numbers are drawn before the split, so a step is as reproducible as with one
 //! stream (the split only changes float rounding).
 
-use super::step::{denoising_loss, NetBatch};
 use crate::config::Config;
+use crate::diffusion::loss::{denoising_loss, NetBatch};
 use crate::model;
 use crate::spec::ModelSpec;
 use anyhow::{anyhow, Result};
@@ -35,7 +35,7 @@ pub struct Streams {
 /// two threads when nothing in the network draws random numbers, else one). bf16 autocast on
 /// the CPU always runs in one stream: autocast is per thread, and the worker would run fp32.
 pub fn wanted(cfg: &Config, device: Device, distributed: bool) -> usize {
-    let bf16 = cfg.train.precision == super::options::Precision::Bf16;
+    let bf16 = cfg.train.precision == crate::precision::Precision::Bf16;
     if device == Device::Cpu && bf16 && crate::precision::bf16_available(device) {
         return 1;
     }

@@ -16,7 +16,7 @@
 //! last batch of an epoch) gets its own graph, up to [`MAX_SHAPES`]; beyond that, and wherever a
 //! capture fails (with one warning), the step runs eagerly.
 
-use super::step::NetBatch;
+use crate::diffusion::loss::{NetBatch, Target};
 use crate::graph::{CudaGraph, WARMUP};
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
@@ -62,10 +62,7 @@ impl StaticStep {
             x_t: b.x_t.copy(),
             t: b.t.copy(),
             labels: b.labels.as_ref().map(Tensor::copy),
-            target: super::step::Target {
-                value: b.target.value.copy(),
-                weights: b.target.weights.as_ref().map(Tensor::copy),
-            },
+            target: Target { value: b.target.value.copy(), weights: b.target.weights.as_ref().map(Tensor::copy) },
         };
         Self { batch, scalars: DeviceScalars::new(b.x_t.device()) }
     }
