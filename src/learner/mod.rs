@@ -365,6 +365,12 @@ mod tests {
         let spec = ModelSpec::from_config(&cfg);
         let mut host = Learner::new(&cfg, &spec, Device::Cpu, false).unwrap();
         let mut dev = Learner::new(&cfg, &spec, Device::Cpu, false).unwrap();
+        // The same starting weights whatever another test drew from libtorch's global generator
+        // between the two constructions (the unit tests run in parallel).
+        dev.model.vs.copy(&host.model.vs).unwrap();
+        if let (Some((_, a)), Some((_, b))) = (&host.ema, &mut dev.ema) {
+            b.vs.copy(&a.vs).unwrap();
+        }
         let start: Vec<(String, Tensor)> = state_of(&host).into_iter().map(|(k, v)| (k, v.copy())).collect();
         let x0 = Tensor::rand([6, 1, 28, 28], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
         let labels = Tensor::zeros([6], (Kind::Int64, Device::Cpu));
