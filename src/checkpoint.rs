@@ -323,3 +323,22 @@ impl ModelInfo {
         }
     }
 }
+
+/// The checkpoint a command samples from: `explicit` (`--checkpoint`), else the run
+/// directory's latest; a missing file is a usage error that ends with `hint`. `ddpm sample` and
+/// `ddpm eval` both resolve and load ([`load_for_sampling`]) through here.
+pub fn resolve_for_sampling(cfg: &Config, explicit: Option<&Path>, hint: &str) -> Result<PathBuf> {
+    let path = explicit.map_or_else(|| latest_path(&cfg.train.run_dir), Path::to_path_buf);
+    if !path.exists() {
+        bail!(crate::error::UsageError(format!("no checkpoint at {}: {hint}", path.display())));
+    }
+    Ok(path)
+}
+
+/// Loads `path` on `device` as the configuration asks for sampling: its EMA weights
+/// (`sample.ema`), the memory format for sampling, and the config's network for a file without
+/// ddpm's metadata.
+pub fn load_for_sampling(cfg: &Config, path: &Path, device: tch::Device) -> Result<LoadedModel> {
+    let fallback = ModelInfo::from_config(cfg);
+    load_model(path, &fallback, device, cfg.channels_last.for_sampling(device), cfg.sample.ema)
+}

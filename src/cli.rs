@@ -97,8 +97,8 @@ pub struct EvalArgs {
     pub json: Option<PathBuf>,
     /// cnn (ddpm's own classifier features against the test split: MNIST-like sets) or fid
     /// (Inception FID as pytorch-fid computes it, with the Inception Score; needs --inception).
-    #[arg(long, value_parser = ["cnn", "fid"], default_value = "cnn")]
-    pub metric: String,
+    #[arg(long, value_enum, default_value_t = Metric::Cnn)]
+    pub metric: Metric,
     /// --metric fid: the FID Inception weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth
     /// or its safetensors conversion). Default: eval.inception_weights, else
     /// <dataset.root>/pt_inception-2015-12-05-6726825d.pth.
@@ -321,4 +321,13 @@ impl Cli {
         out.extend(self.overrides.iter().cloned());
         out
     }
+}
+
+/// `ddpm eval --metric`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Metric {
+    /// ddpm's own classifier features against the test split.
+    Cnn,
+    /// Inception FID as pytorch-fid computes it.
+    Fid,
 }

@@ -1,7 +1,7 @@
 //! `ddpm`: parse the command line, set up logging, run, print the error chain.
 
 use clap::Parser;
-use ddpm::cli::{Cli, Command, EvalArgs, SampleArgs, TrainArgs};
+use ddpm::cli::{Cli, Command, EvalArgs, Metric, SampleArgs, TrainArgs};
 use ddpm::config::Config;
 use ddpm::error::{self, Interrupted};
 use ddpm::sample::{LabelChoice, SampleRequest};
@@ -19,31 +19,10 @@ fn emit(text: &str) -> anyhow::Result<()> {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
-    // Commands that need no configuration.
-    match &cli.command {
-        Command::Info(a) => {
-            let report = ddpm::info::info(&a.path)?;
-            return match a.json {
-                true => emit(&format!("{}\n", serde_json::to_string_pretty(&report)?)),
-                false => emit(&ddpm::info::table(&report)),
-            };
-        }
-        Command::Completions(a) => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            let mut script = Vec::new();
-            clap_complete::generate(a.shell, &mut cmd, "ddpm", &mut script);
-            return emit(&String::from_utf8_lossy(&script));
-        }
-        _ => {}
+    if let Some(done) = run_without_config(cli) {
+        return done;
     }
-    let overrides = cli.overrides();
-    let cfg = match &cli.command {
-        // `sample --checkpoint PATH` needs no config file: the checkpoint describes its model.
-        Command::Sample(a) if a.checkpoint.is_some() && !cli.config.exists() => {
-            Config::from_yaml_str("{}", "defaults", &overrides)?
-        }
-        _ => Config::load(&cli.config, &overrides)?,
-    };
+    let cfg = load_config(cli)?;
     ddpm::model::fused::set_enabled(cfg.sample.freeze);
     match &cli.command {
         Command::Train(TrainArgs { nproc: Some(n), .. })
@@ -60,33 +39,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Train(a) => {
             ddpm::train::train(&cfg, TrainOptions { resume: a.resume, overwrite: a.overwrite })?;
         }
-        Command::Eval(a) => {
-            let req = ddpm::eval::EvalRequest {
-                checkpoint: a.checkpoint.clone(),
-                samples: a.samples.clone(),
-                n: a.n,
-                json: a.json.clone(),
-                inception: a.inception.clone(),
-                reference: a.reference.clone(),
-                inception_any_weights: a.inception_any_weights,
-                real_vs_real: a.real_vs_real,
-            };
-            if a.real_vs_real && a.metric != "fid" {
-                return Err(error::UsageError(
-                    "--real-vs-real goes with --metric fid (the CNN metric prints its real-vs-real column always)"
-                        .into(),
-                )
-                .into());
-            }
-            // Ranks other than 0 of a data-parallel evaluation return no result.
-            if a.metric == "fid" {
-                if let Some(r) = ddpm::eval::eval_fid(&cfg, &req)? {
-                    emit(&format!("{}\n", ddpm::eval::fid_table(&r)))?;
-                }
-            } else if let Some(r) = ddpm::eval::eval(&cfg, &req)? {
-                emit(&format!("{}\n", ddpm::eval::table(&r)))?;
-            }
-        }
+        Command::Eval(a) => run_eval(&cfg, a)?,
         Command::Bench(a) => {
             let r = ddpm::bench::run(&cfg, a.repeats.max(1), a.epoch_steps, &a.batches, !a.no_sampling)?;
             emit(&format!("{}\n", ddpm::bench::table(&r)))?;
@@ -94,21 +47,83 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 ddpm::bench::write_json(&r, p)?;
             }
         }
-        Command::Sample(a) => {
-            let label = a.label.as_deref().map(str::parse::<LabelChoice>).transpose()?;
-            let req = SampleRequest {
-                checkpoint: a.checkpoint.clone(),
-                out: a.out.clone(),
-                save_tensor: a.save_tensor.clone(),
-                label,
-                guidance_given: a.guidance.is_some(),
-                process: a.process,
-                resume: a.resume,
-            };
-            ddpm::sample::sample(&cfg, &req)?;
-        }
+        Command::Sample(a) => run_sample(&cfg, a)?,
         Command::Info(_) | Command::Completions(_) => {}
     }
+    Ok(())
+}
+
+/// The commands that need no configuration (`info`, `completions`); None for the others.
+fn run_without_config(cli: &Cli) -> Option<anyhow::Result<()>> {
+    match &cli.command {
+        Command::Info(a) => Some(ddpm::info::info(&a.path).and_then(|report| match a.json {
+            true => emit(&format!("{}\n", serde_json::to_string_pretty(&report)?)),
+            false => emit(&ddpm::info::table(&report)),
+        })),
+        Command::Completions(a) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(a.shell, &mut cmd, "ddpm", &mut script);
+            Some(emit(&String::from_utf8_lossy(&script)))
+        }
+        _ => None,
+    }
+}
+
+/// `--config` with the overrides; `sample --checkpoint PATH` needs no config file, since the
+/// checkpoint describes its model.
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let overrides = cli.overrides();
+    match &cli.command {
+        Command::Sample(a) if a.checkpoint.is_some() && !cli.config.exists() => {
+            Config::from_yaml_str("{}", "defaults", &overrides)
+        }
+        _ => Config::load(&cli.config, &overrides),
+    }
+}
+
+/// `ddpm eval`: the CNN metric or FID. Ranks other than 0 of a data-parallel evaluation return
+/// no result and print nothing.
+fn run_eval(cfg: &Config, a: &EvalArgs) -> anyhow::Result<()> {
+    let req = ddpm::eval::EvalRequest {
+        checkpoint: a.checkpoint.clone(),
+        samples: a.samples.clone(),
+        n: a.n,
+        json: a.json.clone(),
+        inception: a.inception.clone(),
+        reference: a.reference.clone(),
+        inception_any_weights: a.inception_any_weights,
+        real_vs_real: a.real_vs_real,
+    };
+    match a.metric {
+        Metric::Cnn if a.real_vs_real => Err(error::UsageError(
+            "--real-vs-real goes with --metric fid (the CNN metric prints its real-vs-real column always)".into(),
+        )
+        .into()),
+        Metric::Fid => match ddpm::eval::eval_fid(cfg, &req)? {
+            Some(r) => emit(&format!("{}\n", ddpm::eval::fid_table(&r))),
+            None => Ok(()),
+        },
+        Metric::Cnn => match ddpm::eval::eval(cfg, &req)? {
+            Some(r) => emit(&format!("{}\n", ddpm::eval::table(&r))),
+            None => Ok(()),
+        },
+    }
+}
+
+/// `ddpm sample`.
+fn run_sample(cfg: &Config, a: &SampleArgs) -> anyhow::Result<()> {
+    let label = a.label.as_deref().map(str::parse::<LabelChoice>).transpose()?;
+    let req = SampleRequest {
+        checkpoint: a.checkpoint.clone(),
+        out: a.out.clone(),
+        save_tensor: a.save_tensor.clone(),
+        label,
+        guidance_given: a.guidance.is_some(),
+        process: a.process,
+        resume: a.resume,
+    };
+    ddpm::sample::sample(cfg, &req)?;
     Ok(())
 }
 

@@ -16,6 +16,7 @@ pub mod train;
 use crate::data::DatasetConfig;
 use crate::diffusion::ScheduleConfig;
 use crate::error::usage as bad;
+use crate::model::config::NetworkKind;
 use crate::model::NetworkConfig;
 use eval::EvalConfig;
 use sample::SampleConfig;
@@ -152,7 +153,7 @@ impl Config {
         }
         let kind = network_kind(&mut value).map_err(|m| bad(format!("{origin}: {m}")))?;
         let mut schema = serde_yaml::to_value(Config::default()).expect("default config serialises");
-        let network = NetworkConfig::default_of(&kind).expect("network_kind returns a known kind");
+        let network = NetworkConfig::default_of(kind);
         schema["network"] = serde_yaml::to_value(network).expect("default network serialises");
         check_keys(&value, &schema, "").map_err(|m| {
             // The network's keys depend on its kind: say which kind's keys were checked.
@@ -169,9 +170,9 @@ impl Config {
             m.remove("kind");
         }
         let mut cfg: Config = typed(value, "", origin)?;
-        cfg.network = match kind.as_str() {
-            "unet" => NetworkConfig::Unet(typed(network, "network.", origin)?),
-            _ => NetworkConfig::Demo(typed(network, "network.", origin)?),
+        cfg.network = match kind {
+            NetworkKind::Unet => NetworkConfig::Unet(typed(network, "network.", origin)?),
+            NetworkKind::Demo => NetworkConfig::Demo(typed(network, "network.", origin)?),
         };
         cfg.validate().map_err(|m| bad(format!("{origin}: {m}")))?;
         Ok(cfg)
@@ -211,8 +212,8 @@ fn typed<T: serde::de::DeserializeOwned>(value: Value, prefix: &str, origin: &st
 
 /// The network kind of a configuration tree (`demo` when the section does not say), written
 /// into the tree so the tagged section parses.
-fn network_kind(value: &mut Value) -> Result<String, String> {
-    let Some(root) = value.as_mapping_mut() else { return Ok("demo".into()) };
+fn network_kind(value: &mut Value) -> Result<NetworkKind, String> {
+    let Some(root) = value.as_mapping_mut() else { return Ok(NetworkKind::Demo) };
     let section = root.entry(Value::from("network")).or_insert_with(|| Value::Mapping(Default::default()));
     if section.is_null() {
         *section = Value::Mapping(Default::default());
@@ -226,11 +227,12 @@ fn network_kind(value: &mut Value) -> Result<String, String> {
         Some(Value::String(s)) => s.to_lowercase(),
         Some(other) => short(other),
     };
-    if !kinds.contains(&kind.as_str()) {
+    let parsed = kinds.contains(&kind.as_str()).then(|| kind.parse::<NetworkKind>().ok()).flatten();
+    let Some(parsed) = parsed else {
         return Err(format!("network.kind = {kind:?} is not allowed: use {}", crate::choice::one_of(kinds)));
-    }
-    network.insert(Value::from("kind"), Value::from(kind.clone()));
-    Ok(kind)
+    };
+    network.insert(Value::from("kind"), Value::from(parsed.as_str()));
+    Ok(parsed)
 }
 
 /// Removes YAML tags (`!!float 1e-3` -> `1e-3`), so tagged values parse like plain ones.

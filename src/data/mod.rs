@@ -92,6 +92,27 @@ impl Default for DatasetConfig {
 }
 
 impl DatasetConfig {
+    /// The name under which what is derived from this data set is cached beside it (the CNN
+    /// metric's classifier, the FID reference statistics): the data set's name, and for a
+    /// folder `folder-<its name>-<digest of its path, picture shape, resize and eval split>`,
+    /// so that two folders of the same name never share a cache.
+    pub fn cache_name(&self) -> String {
+        match self.name {
+            DatasetName::Folder => {
+                let key = format!(
+                    "{}|{:?}|{}|{}",
+                    self.path.display(),
+                    self.image_shape(),
+                    self.resize.as_str(),
+                    self.eval_split
+                );
+                let stem = self.path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+                format!("folder-{stem}-{:016x}", crate::fsutil::fnv1a(key.as_bytes()))
+            }
+            n => n.as_str().to_string(),
+        }
+    }
+
     /// `[C, H, W]` of the configured set.
     pub fn image_shape(&self) -> [i64; 3] {
         self.name.image_shape().unwrap_or_else(|| {

@@ -73,8 +73,18 @@ impl Default for UnetConfig {
     }
 }
 
+crate::choice! {
+    /// `network.kind`: which network a configuration or checkpoint describes.
+    pub enum NetworkKind {
+        /// The teaching demo's UNet (`DemoConfig`).
+        Demo = "demo",
+        /// The paper's UNet (`UnetConfig`).
+        Unet = "unet",
+    }
+}
+
 /// The kinds, as written in options.yml.
-pub const KINDS: &[&str] = &["demo", "unet"];
+pub const KINDS: &[&str] = NetworkKind::NAMES;
 
 fn check(ok: bool, key: &str, value: impl std::fmt::Display, allowed: &str) -> Result<(), String> {
     if ok {
@@ -86,19 +96,18 @@ fn check(ok: bool, key: &str, value: impl std::fmt::Display, allowed: &str) -> R
 
 impl NetworkConfig {
     /// `demo` or `unet`.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> NetworkKind {
         match self {
-            Self::Demo(_) => "demo",
-            Self::Unet(_) => "unet",
+            Self::Demo(_) => NetworkKind::Demo,
+            Self::Unet(_) => NetworkKind::Unet,
         }
     }
 
     /// The default settings of a kind.
-    pub fn default_of(kind: &str) -> Option<Self> {
+    pub fn default_of(kind: NetworkKind) -> Self {
         match kind {
-            "demo" => Some(Self::Demo(DemoConfig::default())),
-            "unet" => Some(Self::Unet(UnetConfig::default())),
-            _ => None,
+            NetworkKind::Demo => Self::Demo(DemoConfig::default()),
+            NetworkKind::Unet => Self::Unet(UnetConfig::default()),
         }
     }
 
@@ -205,7 +214,11 @@ impl NetworkConfig {
             None => "demo".to_string(),
             Some(k) => k.as_str().ok_or("network.kind is not a string")?.to_string(),
         };
-        let default = Self::default_of(&kind)
+        let default = KINDS
+            .contains(&kind.as_str())
+            .then(|| kind.parse::<NetworkKind>().ok())
+            .flatten()
+            .map(Self::default_of)
             .ok_or_else(|| format!("network.kind {kind:?} is unknown (this build knows {})", KINDS.join(", ")))?;
         let keys = serde_json::to_value(default).map_err(|e| e.to_string())?;
         map.retain(|k, _| keys.get(k).is_some());

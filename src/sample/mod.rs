@@ -5,7 +5,7 @@
 
 pub mod export;
 
-use crate::checkpoint::{self, ModelInfo};
+use crate::checkpoint;
 use crate::config::sample::Format;
 use crate::config::Config;
 use crate::diffusion::sampler;
@@ -56,20 +56,67 @@ pub struct SampleRequest {
     pub resume: bool,
 }
 
-/// `ddpm sample`.
+/// `ddpm sample`: check the request, load the checkpoint, resolve the labels, then draw a grid
+/// or run an export.
 pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
     let format = cfg.sample.format;
     check_nproc(cfg, crate::dist::DistEnv::from_env()?.map_or(1, |e| e.world_size))?;
     let (shard, device) = Shard::from_env(cfg.threads, device::resolve(&cfg.device)?)?;
     cfg.sample.check_precision(device)?;
-    let path = req.checkpoint.clone().unwrap_or_else(|| checkpoint::latest_path(&cfg.train.run_dir));
-    if !path.exists() {
-        bail!(UsageError(format!(
-            "no checkpoint at {}: train first (`ddpm train --config ...`) or pass --checkpoint PATH",
-            path.display()
-        )));
-    }
+    let path = checkpoint::resolve_for_sampling(
+        cfg,
+        req.checkpoint.as_deref(),
+        "train first (`ddpm train --config ...`) or pass --checkpoint PATH",
+    )?;
     let out = req.out.clone().unwrap_or_else(|| export::default_out(&cfg.train.run_dir, format));
+    check_outputs(req, format, &out)?;
+    let loaded = checkpoint::load_for_sampling(cfg, &path, device)?;
+    let mut sc = cfg.sample.sampler_config();
+    let label = resolve_label_name(req.label.as_ref(), &loaded, &path)?;
+    let labels = labels_for(cfg, req, label.as_ref(), &loaded, &path, &mut sc)?;
+    if labels.is_some() {
+        loaded.info.warn_untrained_null_class(&path, sc.guidance);
+    }
+    let plan =
+        Plan { path: &path, loaded: &loaded, sc: &sc, label: label.as_ref(), labels: labels.as_ref(), out: &out };
+    match format {
+        Format::Grid => draw_grid(cfg, req, &plan, device)?,
+        _ => run_export(cfg, req, &plan, &shard)?,
+    }
+    Ok(out)
+}
+
+/// What a `ddpm sample` draws, once its checkpoint and labels are resolved.
+struct Plan<'a> {
+    path: &'a Path,
+    loaded: &'a checkpoint::LoadedModel,
+    sc: &'a sampler::ReverseProcess,
+    label: Option<&'a LabelChoice>,
+    labels: Option<&'a Tensor>,
+    out: &'a Path,
+}
+
+impl Plan<'_> {
+    /// How many images: `sample.n_samples`, or one per label.
+    fn n(&self, cfg: &Config) -> i64 {
+        self.labels.map_or(cfg.sample.n_samples, |l| l.size()[0])
+    }
+
+    /// "`<path>` (EMA weights, epoch E, step S)" for the log.
+    fn source(&self) -> String {
+        let (l, i) = (self.loaded, &self.loaded.info);
+        format!(
+            "{} ({} weights, epoch {}, step {})",
+            self.path.display(),
+            if l.ema { "EMA" } else { "raw" },
+            i.epoch,
+            i.step
+        )
+    }
+}
+
+/// The flags that go with one format only, and whether the outputs can be written.
+fn check_outputs(req: &SampleRequest, format: Format, out: &Path) -> Result<()> {
     if req.resume && format == Format::Grid {
         bail!(UsageError("--resume continues a png-dir or npz export: add --format png-dir or --format npz".into()));
     }
@@ -77,21 +124,20 @@ pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
         bail!(UsageError(format!("--process and --save-tensor go with --format grid, not {}", format.as_str())));
     }
     match format {
-        Format::PngDir => check_writable(&out.join("000000.png"))?,
-        _ => check_writable(&out)?,
+        Format::PngDir => check_writable(&out.join("000000.png")),
+        _ => check_writable(out),
     }
-    let loaded = checkpoint::load_model(
-        &path,
-        &ModelInfo::from_config(cfg),
-        device,
-        cfg.channels_last.for_sampling(device),
-        cfg.sample.ema,
-    )?;
-    let classes = loaded.model.num_classes();
-    let mut sc = cfg.sample.sampler_config();
+}
+
+/// `--label NAME` as the class number of a conditional model.
+fn resolve_label_name(
+    label: Option<&LabelChoice>,
+    loaded: &checkpoint::LoadedModel,
+    path: &Path,
+) -> Result<Option<LabelChoice>> {
     let names = &loaded.info.spec.class_names;
-    let label = match &req.label {
-        Some(LabelChoice::Name(name)) if classes > 0 => {
+    Ok(match label {
+        Some(LabelChoice::Name(name)) if loaded.model.num_classes() > 0 => {
             let i = names.iter().position(|n| n == name).ok_or_else(|| {
                 UsageError(format!(
                     "--label {name:?} is not a class of {} (its classes: {})",
@@ -101,9 +147,21 @@ pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
             })?;
             Some(LabelChoice::One(i as i64))
         }
-        other => other.clone(),
-    };
-    let labels = match (&label, classes) {
+        other => other.cloned(),
+    })
+}
+
+/// The label of every image (None for an unconditional draw, which also turns guidance off).
+fn labels_for(
+    cfg: &Config,
+    req: &SampleRequest,
+    label: Option<&LabelChoice>,
+    loaded: &checkpoint::LoadedModel,
+    path: &Path,
+    sc: &mut sampler::ReverseProcess,
+) -> Result<Option<Tensor>> {
+    let device = loaded.model.device();
+    Ok(match (label, loaded.model.num_classes()) {
         (Some(_), 0) => bail!(UsageError(format!(
             "--label: {} is an unconditional model (network.num_classes = 0)",
             path.display()
@@ -126,7 +184,7 @@ pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
             )))
         }
         (Some(LabelChoice::One(y)), _) => Some(Tensor::full([cfg.sample.n_samples], *y, (Kind::Int64, device))),
-        (Some(LabelChoice::Name(_)), _) => unreachable!("class names are resolved above"),
+        (Some(LabelChoice::Name(_)), _) => unreachable!("class names are resolved by resolve_label_name"),
         (Some(LabelChoice::All), k) => {
             let per = (cfg.sample.n_samples + k - 1) / k;
             for (i, name) in loaded.info.spec.class_names.iter().enumerate() {
@@ -134,57 +192,56 @@ pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
             }
             Some(generate::rows_of_labels(k, per, device))
         }
+    })
+}
+
+/// `--format png-dir | npz`: the export, shared among the processes.
+fn run_export(cfg: &Config, req: &SampleRequest, plan: &Plan, shard: &Shard) -> Result<()> {
+    let (s, n, format) = (&cfg.sample, plan.n(cfg), cfg.sample.format);
+    let settings = serde_json::json!({
+        "checkpoint": plan.path.display().to_string(),
+        "epoch": plan.loaded.info.epoch,
+        "step": plan.loaded.info.step,
+        "ema": plan.loaded.ema,
+        "sampler": s.sampler.as_str(),
+        "steps": s.steps, "eta": s.eta, "spacing": format!("{:?}", s.spacing),
+        "simple_var": s.simple_var, "clip_x0": s.clip_x0, "guidance": plan.sc.guidance,
+        "label": format!("{:?}", plan.label),
+    });
+    tracing::info!(
+        "exporting {n} images from {} with {} to {} ({})",
+        plan.source(),
+        s.sampler,
+        plan.out.display(),
+        format.as_str()
+    );
+    let started = Instant::now();
+    let export = export::Export {
+        model: &plan.loaded.model,
+        labels: plan.labels,
+        n,
+        batch: s.batch_size,
+        seed: cfg.seed,
+        sampler: plan.sc,
+        format,
+        out: plan.out,
+        resume: req.resume,
+        settings,
     };
-    if labels.is_some() {
-        loaded.info.warn_untrained_null_class(&path, sc.guidance);
-    }
-    let n = labels.as_ref().map_or(cfg.sample.n_samples, |l| l.size()[0]);
-    if format != Format::Grid {
-        let s = &cfg.sample;
-        let settings = serde_json::json!({
-            "checkpoint": path.display().to_string(),
-            "epoch": loaded.info.epoch,
-            "step": loaded.info.step,
-            "ema": loaded.ema,
-            "sampler": s.sampler.as_str(),
-            "steps": s.steps, "eta": s.eta, "spacing": format!("{:?}", s.spacing),
-            "simple_var": s.simple_var, "clip_x0": s.clip_x0, "guidance": sc.guidance,
-            "label": format!("{label:?}"),
-        });
-        tracing::info!(
-            "exporting {n} images from {} ({} weights, epoch {}, step {}) with {} to {} ({})",
-            path.display(),
-            if loaded.ema { "EMA" } else { "raw" },
-            loaded.info.epoch,
-            loaded.info.step,
-            s.sampler,
-            out.display(),
-            format.as_str()
-        );
-        let started = Instant::now();
-        let drawn = export::run(
-            &export::Export {
-                model: &loaded.model,
-                labels: labels.as_ref(),
-                n,
-                batch: s.batch_size,
-                seed: cfg.seed,
-                sampler: &sc,
-                format,
-                out: &out,
-                resume: req.resume,
-                settings,
-            },
-            &shard,
-        )?;
-        tracing::info!(
-            "wrote {} ({n} images; {drawn} batches drawn in {:.1} s)",
-            out.display(),
-            started.elapsed().as_secs_f64()
-        );
-        return Ok(out);
-    }
-    let [c, h, w] = loaded.info.spec.image_shape;
+    let drawn = export::run(&export, shard)?;
+    tracing::info!(
+        "wrote {} ({n} images; {drawn} batches drawn in {:.1} s)",
+        plan.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `--format grid`: the images in one process, as a PNG grid (a row per class for `--label
+/// all`), with `--save-tensor` and `--process` beside it.
+fn draw_grid(cfg: &Config, req: &SampleRequest, plan: &Plan, device: tch::Device) -> Result<()> {
+    let n = plan.n(cfg);
+    let [c, h, w] = plan.loaded.info.spec.image_shape;
     let bytes = n as f64 * (c * h * w) as f64 * 4.0;
     if bytes > 8e9 {
         bail!(UsageError(format!(
@@ -193,13 +250,10 @@ pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
             (8e9 / ((c * h * w) as f64 * 4.0)) as i64
         )));
     }
-    let steps = sampler::visited_steps(&loaded.model.scheduler, sc.sampler).len();
+    let steps = sampler::visited_steps(&plan.loaded.model.scheduler, plan.sc.sampler).len();
     tracing::info!(
-        "sampling {n} images from {} ({} weights, epoch {}, step {}) with {} in {steps} steps on {}",
-        path.display(),
-        if loaded.ema { "EMA" } else { "raw" },
-        loaded.info.epoch,
-        loaded.info.step,
+        "sampling {n} images from {} with {} in {steps} steps on {}",
+        plan.source(),
         cfg.sample.sampler,
         device::describe(device)
     );
@@ -208,19 +262,20 @@ pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
     let frames_arg = req.process.then_some((&mut frames, 10.min(steps)));
     let req_draw = Request {
         n,
-        labels: labels.as_ref(),
+        labels: plan.labels,
         batch: cfg.sample.batch_size,
         seed: cfg.seed,
-        sampler: &sc,
+        sampler: plan.sc,
         progress: true,
     };
-    let xs = generate::draw(&loaded.model, &req_draw, frames_arg);
+    let xs = generate::draw(&plan.loaded.model, &req_draw, frames_arg);
     tracing::info!("sampled {n} images in {:.2} s", started.elapsed().as_secs_f64());
-    let cols = match (&label, classes) {
+    let cols = match (plan.label, plan.loaded.model.num_classes()) {
         (Some(LabelChoice::All), k) if k > 0 => n / k,
         _ => grid::default_cols(n),
     };
-    grid::save_png(&grid::grid_image(&xs, cols, cfg.sample.padding)?, &out)
+    let out = plan.out;
+    grid::save_png(&grid::grid_image(&xs, cols, cfg.sample.padding)?, out)
         .with_context(|| format!("cannot write the grid to {}", out.display()))?;
     tracing::info!("wrote {}", out.display());
     if let Some(t) = &req.save_tensor {
@@ -231,10 +286,10 @@ pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
         tracing::info!("wrote {}", t.display());
     }
     if req.process {
-        let (png, gif) = crate::process::write(&frames, &out, cfg.sample.padding)?;
+        let (png, gif) = crate::process::write(&frames, out, cfg.sample.padding)?;
         tracing::info!("wrote {} and {}", png.display(), gif.display());
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Refuses a grid drawn by `nproc` > 1 processes (exports are shared among processes, grids

@@ -56,15 +56,10 @@ pub fn classifier_for(
     test: &data::ImageDataset,
     device: Device,
 ) -> Result<classifier::Classifier> {
-    let name = match dataset.name {
-        // One classifier per folder and shape: the folder's name and a digest of its settings.
-        data::DatasetName::Folder => {
-            let key = format!("{}|{:?}|{}", dataset.path.display(), dataset.image_shape(), dataset.resize.as_str());
-            let stem = dataset.path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-            format!("folder-{stem}-{:016x}", crate::fsutil::fnv1a(key.as_bytes()))
-        }
-        n => n.as_str().to_string(),
-    };
-    let cache = dataset.root.join(format!("ddpm-classifier-{name}.safetensors"));
-    classifier::load_or_train(&cache, train, test, device)
+    classifier::load_or_train(&classifier_cache(dataset), train, test, device)
+}
+
+/// Where the classifier of a data set is cached.
+pub fn classifier_cache(dataset: &DatasetConfig) -> std::path::PathBuf {
+    dataset.root.join(format!("ddpm-classifier-{}.safetensors", dataset.cache_name()))
 }

@@ -217,3 +217,35 @@ fn an_evaluation_shared_among_processes_scores_what_one_process_scores() {
     let rows = std::fs::read_to_string(d.join("run/evals.jsonl")).unwrap();
     assert_eq!(rows.lines().count(), 3, "one line per evaluation, written by rank 0: {rows}");
 }
+
+/// The FID reference statistics and the CNN metric's classifier are cached under one name per
+/// data set: two folders of the same name get different caches, the same folder the same one.
+#[test]
+fn cached_references_are_keyed_by_the_whole_folder_not_its_name() {
+    use ddpm::data::{DatasetConfig, DatasetName};
+    let folder = |parent: &str| DatasetConfig {
+        name: DatasetName::Folder,
+        root: "cache-root".into(),
+        path: std::path::Path::new(parent).join("pics"),
+        ..Default::default()
+    };
+    let stem = |p: std::path::PathBuf| p.file_name().unwrap().to_string_lossy().to_string();
+    let (a, b) = (folder("a"), folder("b"));
+    let (fa, fb) =
+        (stem(ddpm::eval::reference_cache(&a, 100, false)), stem(ddpm::eval::reference_cache(&b, 100, false)));
+    assert_ne!(fa, fb, "two folders named pics share a FID reference");
+    assert_eq!(fa, stem(ddpm::eval::reference_cache(&folder("a"), 100, false)));
+    let (ca, cb) = (stem(ddpm::score::classifier_cache(&a)), stem(ddpm::score::classifier_cache(&b)));
+    assert_ne!(ca, cb, "two folders named pics share a classifier");
+    // One key for both caches of a data set.
+    let key = a.cache_name();
+    assert!(key.starts_with("folder-pics-"), "{key}");
+    assert!(fa.contains(&key) && ca.contains(&key), "{fa} / {ca} / {key}");
+    // The same folder at another picture size is another data set.
+    let small = DatasetConfig { image_size: ddpm::data::ImageSize::Square(32), ..folder("a") };
+    assert_ne!(small.cache_name(), key);
+    // The built-in sets keep their plain names.
+    let mnist = DatasetConfig::default();
+    assert_eq!(stem(ddpm::eval::reference_cache(&mnist, 100, false)), "fid-stats-mnist-1x28x28-train-100-6726825d.npz");
+    assert_eq!(stem(ddpm::score::classifier_cache(&mnist)), "ddpm-classifier-mnist.safetensors");
+}
