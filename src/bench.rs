@@ -13,7 +13,7 @@ use crate::learner::{BatchSlice, Learner};
 use crate::model::Denoiser;
 use crate::precision::Precision;
 use crate::seed::{self, derived_seed, SEED_STEP};
-use crate::spec::ModelSpec;
+use crate::spec::{Model, ModelSpec};
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::time::Instant;
@@ -93,13 +93,63 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
         false => "fp32".to_string(),
     };
     let spec = ModelSpec::from_config(cfg);
-    let [c, h, w] = spec.image_shape;
-    let classes = cfg.network.num_classes().max(1);
-
     let mut learner = Learner::new(cfg, &spec, device, false)?;
     let streams = learner.streams();
-    let mut train = Vec::new();
-    let (mut steps_run, mut finite) = (0i64, true);
+    let trained = time_training(cfg, &spec, &mut learner, batches, repeats)?;
+    let train_cuda_graphs = learner.graph_replays() > 0;
+    let model = sampling_model(cfg, &spec, learner)?;
+    let (epoch_sec, epoch_losses) = measure_epoch(cfg, &spec, device, epoch_steps)?;
+    let _guard = tch::no_grad_guard();
+    let mut result = BenchResult {
+        device: device::describe(device),
+        threads: tch::get_num_threads(),
+        streams,
+        train_precision: ran_as(cfg.train.precision),
+        sample_precision: ran_as(cfg.sample.precision),
+        sample_cuda_graphs: false,
+        train_cuda_graphs,
+        network: cfg.network.describe(),
+        image_shape: spec.image_shape,
+        train: trained.rows,
+        train_steps_run: trained.steps_run,
+        train_losses_finite: trained.finite,
+        epoch_sec,
+        epoch_steps_timed: epoch_steps,
+        epoch_losses,
+        forward81_sec: f64::NAN,
+        sample_ddpm_sec: f64::NAN,
+        sample_ddim50_sec: f64::NAN,
+        sample_dpm20_sec: f64::NAN,
+        peak_rss_mib: 0.0,
+        train_peak_rss_mib: peak_rss_mib(),
+    };
+    if sampling {
+        time_sampling(cfg, &model, repeats, &mut result);
+    }
+    result.peak_rss_mib = peak_rss_mib();
+    Ok(result)
+}
+
+/// The training measurements: per batch size, the median seconds of a step.
+struct TrainTimes {
+    /// `(batch, seconds per step, images per second)`.
+    rows: Vec<(i64, f64, f64)>,
+    steps_run: i64,
+    finite: bool,
+}
+
+/// Times `repeats` training steps at each batch size on random images, after warm-up.
+fn time_training(
+    cfg: &Config,
+    spec: &ModelSpec,
+    learner: &mut Learner,
+    batches: &[i64],
+    repeats: usize,
+) -> Result<TrainTimes> {
+    let [c, h, w] = spec.image_shape;
+    let device = learner.model.device();
+    let classes = cfg.network.num_classes().max(1);
+    let mut out = TrainTimes { rows: Vec::new(), steps_run: 0, finite: true };
     for &batch in batches {
         let x0 = Tensor::rand([batch, c, h, w], (Kind::Float, device)) * 2.0 - 1.0;
         let labels = Tensor::randint(classes, [batch], (Kind::Int64, device));
@@ -115,72 +165,58 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
             learner.step(&inp, i, None)
         };
         for i in 0..warmup {
-            finite &= step(i)?.double_value(&[]).is_finite();
+            out.finite &= step(i)?.double_value(&[]).is_finite();
         }
         sync(device);
         let mut times = Vec::new();
         for i in 0..repeats as i64 {
             let t0 = Instant::now();
-            finite &= step(warmup + i)?.double_value(&[]).is_finite();
+            out.finite &= step(warmup + i)?.double_value(&[]).is_finite();
             times.push(t0.elapsed().as_secs_f64());
         }
-        steps_run += warmup + repeats as i64;
+        out.steps_run += warmup + repeats as i64;
         let s = median(times);
         tracing::info!("train step at batch {batch}: {:.3} s, {:.0} images/s", s, batch as f64 / s);
-        train.push((batch, s, batch as f64 / s));
+        out.rows.push((batch, s, batch as f64 / s));
     }
-    let train_cuda_graphs = learner.graph_replays() > 0;
-    // Sampling is timed on the trained weights (the EMA copy and the optimizer go), in the
-    // memory format `ddpm sample` loads a network in.
-    let mut model = learner.model;
-    if cfg.channels_last.for_sampling(device) != model.channels_last {
-        let mut sampling = spec.build(device, cfg.channels_last.for_sampling(device));
-        sampling.vs.copy(&model.vs).context("copying the trained weights for sampling")?;
-        model = sampling;
-    }
+    Ok(out)
+}
 
-    let (epoch_sec, epoch_losses) = match epoch_steps > 0 {
-        true => match data::load(&cfg.dataset, Split::Train) {
-            Ok(ds) => {
-                let (sec, losses) = time_epoch(cfg, &spec, &ds, device, epoch_steps)?;
-                (Some(sec), losses)
-            }
-            Err(e) => {
-                tracing::warn!("no epoch measurement: {e:#}");
-                (None, Vec::new())
-            }
-        },
-        false => (None, Vec::new()),
-    };
-
-    let _guard = tch::no_grad_guard();
-    let mut result = BenchResult {
-        device: device::describe(device),
-        threads: tch::get_num_threads(),
-        streams,
-        train_precision: ran_as(cfg.train.precision),
-        sample_precision: ran_as(cfg.sample.precision),
-        sample_cuda_graphs: false,
-        train_cuda_graphs,
-        network: cfg.network.describe(),
-        image_shape: spec.image_shape,
-        train,
-        train_steps_run: steps_run,
-        train_losses_finite: finite,
-        epoch_sec,
-        epoch_steps_timed: epoch_steps,
-        epoch_losses,
-        forward81_sec: f64::NAN,
-        sample_ddpm_sec: f64::NAN,
-        sample_ddim50_sec: f64::NAN,
-        sample_dpm20_sec: f64::NAN,
-        peak_rss_mib: 0.0,
-        train_peak_rss_mib: peak_rss_mib(),
-    };
-    if !sampling {
-        result.peak_rss_mib = peak_rss_mib();
-        return Ok(result);
+/// The trained weights as `ddpm sample` would load them (the EMA copy and the optimizer go),
+/// in the memory format it loads a network in.
+fn sampling_model(cfg: &Config, spec: &ModelSpec, learner: Learner) -> Result<Model> {
+    let model = learner.model;
+    let device = model.device();
+    if cfg.channels_last.for_sampling(device) == model.channels_last {
+        return Ok(model);
     }
+    let mut sampling = spec.build(device, cfg.channels_last.for_sampling(device));
+    sampling.vs.copy(&model.vs).context("copying the trained weights for sampling")?;
+    Ok(sampling)
+}
+
+/// One epoch of the real loop from `epoch_steps` timed steps (None when skipped or when the
+/// data set cannot be loaded), with the losses of those steps.
+fn measure_epoch(cfg: &Config, spec: &ModelSpec, device: Device, epoch_steps: i64) -> Result<(Option<f64>, Vec<f64>)> {
+    if epoch_steps <= 0 {
+        return Ok((None, Vec::new()));
+    }
+    match data::load(&cfg.dataset, Split::Train) {
+        Ok(ds) => {
+            let (sec, losses) = time_epoch(cfg, spec, &ds, device, epoch_steps)?;
+            Ok((Some(sec), losses))
+        }
+        Err(e) => {
+            tracing::warn!("no epoch measurement: {e:#}");
+            Ok((None, Vec::new()))
+        }
+    }
+}
+
+/// The sampling measurements at 81 images: one forward, DDPM over all steps (from 50 timed
+/// steps), DDIM-50 and DPM-Solver++-20 through the sampler every command uses.
+fn time_sampling(cfg: &Config, model: &Model, repeats: usize, result: &mut BenchResult) {
+    let device = model.device();
     let ddpm = &model.scheduler;
     // No gradients are recorded while sampling (PyTorch's side runs under torch.no_grad() too).
     let _no_grad = tch::no_grad_guard();
@@ -231,7 +267,7 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
         };
         let req = Request { n: 81, labels: None, batch: 81, seed: cfg.seed, sampler: &sc, progress: false };
         let t0 = Instant::now();
-        let _ = generate::draw(&model, &req, None).double_value(&[0, 0, 0, 0]);
+        let _ = generate::draw(model, &req, None).double_value(&[0, 0, 0, 0]);
         t0.elapsed().as_secs_f64()
     };
     let sample_ddim = time(Sampler::Ddim { steps: 50, eta: 0.0, spacing: Spacing::Uniform });
@@ -249,8 +285,6 @@ pub fn run(cfg: &Config, repeats: usize, epoch_steps: i64, batches: &[i64], samp
     result.sample_ddim50_sec = sample_ddim;
     result.sample_dpm20_sec = sample_dpm;
     result.sample_cuda_graphs = graphed.graphs() > 0;
-    result.peak_rss_mib = peak_rss_mib();
-    Ok(result)
 }
 
 /// Times the first `steps` steps of an epoch of `ddpm train` from a fresh model (data

@@ -87,8 +87,8 @@ pub fn info(path: &Path) -> Result<Value> {
     }
     if let Some(dir) = &run_dir {
         out["run_dir"] = dir.display().to_string().into();
-        out["last_loss"] = last_row(&dir.join("metrics.jsonl")).unwrap_or(Value::Null);
-        out["last_eval"] = last_row(&dir.join("evals.jsonl")).unwrap_or(Value::Null);
+        out["last_loss"] = last_row(&dir.join(crate::run_dir::files::METRICS)).unwrap_or(Value::Null);
+        out["last_eval"] = last_row(&dir.join(crate::run_dir::files::EVALS)).unwrap_or(Value::Null);
         out["files"] = files(dir).into_iter().map(|(name, bytes)| json!({"path": name, "bytes": bytes})).collect();
     }
     Ok(out)

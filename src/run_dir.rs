@@ -7,6 +7,31 @@ use crate::error::UsageError;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
+/// The files of a run directory, by what they hold (the folders `checkpoints/`, `samples/`
+/// and `tensorboard/` beside them).
+pub mod files {
+    /// The resolved configuration of the run.
+    pub const CONFIG: &str = "config.yml";
+    /// The log of `ddpm train`.
+    pub const TRAIN_LOG: &str = "train.log";
+    /// One JSON line per logged training window: step, epoch, loss, learning rate, images/s.
+    pub const METRICS: &str = "metrics.jsonl";
+    /// The loss curve.
+    pub const LOSS_PLOT: &str = "loss.png";
+    /// One JSON line per CNN-metric evaluation (during training and by `ddpm eval`).
+    pub const EVALS: &str = "evals.jsonl";
+    /// The evaluations during training, plotted.
+    pub const EVAL_PLOT: &str = "eval.png";
+    /// One JSON line per `ddpm eval --metric fid`.
+    pub const FID: &str = "fid.jsonl";
+    /// The grid `ddpm sample` draws by default.
+    pub const SAMPLES_GRID: &str = "samples.png";
+    /// The folder `ddpm sample --format png-dir` writes by default.
+    pub const SAMPLES_PNG_DIR: &str = "samples-png";
+    /// The archive `ddpm sample --format npz` writes by default.
+    pub const SAMPLES_NPZ: &str = "samples.npz";
+}
+
 /// Held while a run writes into its directory; removed on drop.
 pub struct RunLock {
     path: PathBuf,
@@ -74,7 +99,7 @@ pub fn check_fresh_start(run_dir: &Path, resume: bool, overwrite: bool) -> Resul
             std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
         }
     }
-    for f in ["metrics.jsonl", "loss.png", "train.log"] {
+    for f in [files::METRICS, files::LOSS_PLOT, files::TRAIN_LOG] {
         let _ = std::fs::remove_file(run_dir.join(f));
     }
     Ok(())

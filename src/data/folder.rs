@@ -82,6 +82,20 @@ pub fn load(cfg: &DatasetConfig, split: Split) -> Result<(ImageDataset, LoadStat
         }
     };
     stats.skipped = skipped;
+    report_skipped(&dir, &stats, kept.is_empty())?;
+    let (class_names, labels) = classes_of(&kept);
+    let pick = split_indices(cfg, split, &kept)?;
+    let idx = Tensor::from_slice(&pick);
+    let ds = ImageDataset {
+        images: images.index_select(0, &idx),
+        labels: Tensor::from_slice(&labels).index_select(0, &idx),
+        class_names,
+    };
+    Ok((ds, stats))
+}
+
+/// Warns about the files that could not be decoded; an error when none could be.
+fn report_skipped(dir: &Path, stats: &LoadStats, none_kept: bool) -> Result<()> {
     if !stats.skipped.is_empty() {
         let first: Vec<String> = stats.skipped.iter().take(3).map(|(f, e)| format!("{f} ({e})")).collect();
         tracing::warn!(
@@ -91,7 +105,7 @@ pub fn load(cfg: &DatasetConfig, split: Split) -> Result<(ImageDataset, LoadStat
             first.join("; ")
         );
     }
-    if kept.is_empty() {
+    if none_kept {
         bail!(UsageError(format!(
             "dataset.path {}: none of the {} picture files could be read (first: {} ({}))",
             dir.display(),
@@ -100,7 +114,12 @@ pub fn load(cfg: &DatasetConfig, split: Split) -> Result<(ImageDataset, LoadStat
             stats.skipped[0].1
         )));
     }
-    // Classes: first-level subfolders, when every picture lies in one.
+    Ok(())
+}
+
+/// The classes (first-level subfolders, when every picture lies in one; sorted) and each
+/// picture's label (0 without classes).
+fn classes_of(kept: &[String]) -> (Vec<String>, Vec<i64>) {
     let class_of = |f: &str| f.split_once('/').map(|(d, _)| d.to_string());
     let class_names: Vec<String> = match kept.iter().all(|f| class_of(f).is_some()) {
         true => {
@@ -115,6 +134,12 @@ pub fn load(cfg: &DatasetConfig, split: Split) -> Result<(ImageDataset, LoadStat
         .iter()
         .map(|f| class_of(f).and_then(|d| class_names.iter().position(|n| *n == d)).unwrap_or(0) as i64)
         .collect();
+    (class_names, labels)
+}
+
+/// The pictures of `split`: all of them without an eval split, else those held out (test) or
+/// those not (train).
+fn split_indices(cfg: &DatasetConfig, split: Split, kept: &[String]) -> Result<Vec<i64>> {
     let held_out: Vec<bool> = kept.iter().map(|f| is_held_out(f, cfg.eval_split)).collect();
     let want_eval = split == Split::Test && cfg.eval_split > 0.0;
     let pick: Vec<i64> =
@@ -122,19 +147,13 @@ pub fn load(cfg: &DatasetConfig, split: Split) -> Result<(ImageDataset, LoadStat
     if pick.is_empty() {
         bail!(UsageError(format!(
             "dataset.path {}: dataset.eval_split = {} leaves no {} pictures out of {}",
-            dir.display(),
+            cfg.path.display(),
             cfg.eval_split,
             if want_eval { "held-out" } else { "training" },
             kept.len()
         )));
     }
-    let idx = Tensor::from_slice(&pick);
-    let ds = ImageDataset {
-        images: images.index_select(0, &idx),
-        labels: Tensor::from_slice(&labels).index_select(0, &idx),
-        class_names,
-    };
-    Ok((ds, stats))
+    Ok(pick)
 }
 
 /// Whether a file (by relative path) is held out for evaluation at this share.

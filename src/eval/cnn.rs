@@ -96,7 +96,7 @@ pub fn eval(cfg: &Config, req: &EvalRequest) -> Result<Option<EvalResult>> {
     let sample_seconds = started.elapsed().as_secs_f64();
     let sc = score::score_samples(&clf, &test, &xs, labels.as_ref().map(|l| l.to_device(tch::Device::Cpu)).as_ref());
     let result = EvalResult { checkpoint: ckpt_name, sampler, steps, n, seed: cfg.seed, scores: sc, sample_seconds };
-    record(cfg, req, "evals.jsonl", &serde_json::to_string(&result)?)?;
+    record(cfg, req, crate::run_dir::files::EVALS, &serde_json::to_string(&result)?)?;
     Ok(Some(result))
 }
 

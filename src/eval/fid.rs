@@ -88,7 +88,7 @@ pub fn eval_fid(cfg: &Config, req: &EvalRequest) -> Result<Option<FidResult>> {
         feature_seconds: started.elapsed().as_secs_f64() - scored.sample_seconds,
         processes: shard.world,
     };
-    record(cfg, req, "fid.jsonl", &serde_json::to_string(&result)?)?;
+    record(cfg, req, crate::run_dir::files::FID, &serde_json::to_string(&result)?)?;
     Ok(Some(result))
 }
 

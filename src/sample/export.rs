@@ -13,6 +13,7 @@ use crate::config::sample::Format;
 use crate::error::UsageError;
 use crate::generate;
 use crate::grid;
+use crate::run_dir::files;
 use crate::shard::Shard;
 use crate::spec::Model;
 use anyhow::{bail, Context, Result};
@@ -39,9 +40,9 @@ pub struct Export<'a> {
 /// The default output of a format under the run folder.
 pub fn default_out(run_dir: &Path, format: Format) -> PathBuf {
     match format {
-        Format::Grid => run_dir.join("samples.png"),
-        Format::PngDir => run_dir.join("samples-png"),
-        Format::Npz => run_dir.join("samples.npz"),
+        Format::Grid => run_dir.join(files::SAMPLES_GRID),
+        Format::PngDir => run_dir.join(files::SAMPLES_PNG_DIR),
+        Format::Npz => run_dir.join(files::SAMPLES_NPZ),
     }
 }
 
@@ -213,50 +214,34 @@ fn write_npz(out: &Path, parts: &Path, batches: i64, shape: [i64; 4], labels: Op
         )));
     }
     let tmp = crate::fsutil::temp_path(out);
-    let mut f = std::io::BufWriter::new(
-        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
-    );
+    let f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut f = std::io::BufWriter::new(f);
+    write_stored_zip(&mut f, &members)?;
+    let f = f.into_inner().map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(())
+}
+
+/// A zip archive of `members` (name, content in chunks), stored without compression.
+fn write_stored_zip(f: &mut impl Write, members: &[(String, Vec<Vec<u8>>)]) -> Result<()> {
     let mut central = Vec::new();
     let mut offset = 0u32;
-    for (name, chunks) in &members {
+    for (name, chunks) in members {
         let mut crc = Crc32(0);
         let mut size = 0u32;
         for c in chunks {
             crc.update(c);
             size += c.len() as u32;
         }
-        let header = |sig: u32, central: bool| -> Vec<u8> {
-            let mut h = Vec::new();
-            h.extend_from_slice(&sig.to_le_bytes());
-            if central {
-                h.extend_from_slice(&20u16.to_le_bytes()); // made by
-            }
-            h.extend_from_slice(&20u16.to_le_bytes()); // needed to extract
-            h.extend_from_slice(&0u16.to_le_bytes()); // flags
-            h.extend_from_slice(&0u16.to_le_bytes()); // stored
-            h.extend_from_slice(&0u16.to_le_bytes()); // time
-            h.extend_from_slice(&0x21u16.to_le_bytes()); // date: 1980-01-01
-            h.extend_from_slice(&crc.0.to_le_bytes());
-            h.extend_from_slice(&size.to_le_bytes());
-            h.extend_from_slice(&size.to_le_bytes());
-            h.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            h.extend_from_slice(&0u16.to_le_bytes()); // extra
-            if central {
-                h.extend_from_slice(&0u16.to_le_bytes()); // comment
-                h.extend_from_slice(&0u16.to_le_bytes()); // disk
-                h.extend_from_slice(&0u16.to_le_bytes()); // internal attributes
-                h.extend_from_slice(&0u32.to_le_bytes()); // external attributes
-                h.extend_from_slice(&offset.to_le_bytes());
-            }
-            h.extend_from_slice(name.as_bytes());
-            h
-        };
-        let local = header(0x0403_4b50, false);
+        let entry = ZipEntry { name, crc: crc.0, size, offset };
+        let local = entry.header(false);
         f.write_all(&local)?;
         for c in chunks {
             f.write_all(c)?;
         }
-        central.extend(header(0x0201_4b50, true));
+        central.extend(entry.header(true));
         offset += local.len() as u32 + size;
     }
     let mut end = Vec::new();
@@ -269,9 +254,45 @@ fn write_npz(out: &Path, parts: &Path, batches: i64, shape: [i64; 4], labels: Op
     end.extend_from_slice(&0u16.to_le_bytes());
     f.write_all(&central)?;
     f.write_all(&end)?;
-    let f = f.into_inner().map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
     Ok(())
+}
+
+/// One stored member of a zip archive.
+struct ZipEntry<'a> {
+    name: &'a str,
+    crc: u32,
+    size: u32,
+    /// Where its local header starts.
+    offset: u32,
+}
+
+impl ZipEntry<'_> {
+    /// The local file header, or the central directory's record of the member.
+    fn header(&self, central: bool) -> Vec<u8> {
+        let sig: u32 = if central { 0x0201_4b50 } else { 0x0403_4b50 };
+        let mut h = Vec::new();
+        h.extend_from_slice(&sig.to_le_bytes());
+        if central {
+            h.extend_from_slice(&20u16.to_le_bytes()); // made by
+        }
+        h.extend_from_slice(&20u16.to_le_bytes()); // needed to extract
+        h.extend_from_slice(&0u16.to_le_bytes()); // flags
+        h.extend_from_slice(&0u16.to_le_bytes()); // stored
+        h.extend_from_slice(&0u16.to_le_bytes()); // time
+        h.extend_from_slice(&0x21u16.to_le_bytes()); // date: 1980-01-01
+        h.extend_from_slice(&self.crc.to_le_bytes());
+        h.extend_from_slice(&self.size.to_le_bytes());
+        h.extend_from_slice(&self.size.to_le_bytes());
+        h.extend_from_slice(&(self.name.len() as u16).to_le_bytes());
+        h.extend_from_slice(&0u16.to_le_bytes()); // extra
+        if central {
+            h.extend_from_slice(&0u16.to_le_bytes()); // comment
+            h.extend_from_slice(&0u16.to_le_bytes()); // disk
+            h.extend_from_slice(&0u16.to_le_bytes()); // internal attributes
+            h.extend_from_slice(&0u32.to_le_bytes()); // external attributes
+            h.extend_from_slice(&self.offset.to_le_bytes());
+        }
+        h.extend_from_slice(self.name.as_bytes());
+        h
+    }
 }

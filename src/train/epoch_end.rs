@@ -6,6 +6,7 @@ use super::Trainer;
 use crate::diffusion::ddim::Spacing;
 use crate::diffusion::sampler::{ReverseProcess, Sampler};
 use crate::generate::{self, Request};
+use crate::run_dir::files;
 use crate::tensorboard::EventWriter;
 use crate::{fsutil, grid, plot};
 use anyhow::{Context, Result};
@@ -25,7 +26,7 @@ impl Logs {
         let metrics = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(run_dir.join("metrics.jsonl"))
+            .open(run_dir.join(files::METRICS))
             .with_context(|| format!("cannot write metrics into {}", run_dir.display()))?;
         Ok(Self { metrics, tb: EventWriter::create(&run_dir.join("tensorboard"))? })
     }
@@ -70,7 +71,7 @@ impl Trainer<'_> {
             &self.plot_title("training loss"),
             &self.curve,
             &epoch_ends,
-            &self.run_dir.join("loss.png"),
+            &self.run_dir.join(files::LOSS_PLOT),
         )?;
         if c.train.grid_samples > 0 {
             let img = self.write_grid(epoch)?;
@@ -138,7 +139,7 @@ impl Trainer<'_> {
             "classifier_score": s.classifier_score, "classifier_score_real": s.classifier_score_real,
             "class_entropy": s.class_entropy, "class_entropy_real": s.class_entropy_real, "label_fidelity": s.label_fidelity,
         });
-        let path = self.run_dir.join("evals.jsonl");
+        let path = self.run_dir.join(files::EVALS);
         fsutil::append_line(&path, &row.to_string())?;
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         let rows: Vec<(i64, f64, f64)> = text
@@ -148,7 +149,7 @@ impl Trainer<'_> {
                 Some((v["epoch"].as_i64()?, v["frechet_distance"].as_f64()?, v["frechet_distance_real"].as_f64()?))
             })
             .collect();
-        plot::save_eval_plot(&self.plot_title("evaluation (DDIM-50)"), &rows, &self.run_dir.join("eval.png"))
+        plot::save_eval_plot(&self.plot_title("evaluation (DDIM-50)"), &rows, &self.run_dir.join(files::EVAL_PLOT))
     }
 
     /// `what` of this run: its folder, dataset and network kind.

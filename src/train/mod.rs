@@ -81,40 +81,14 @@ impl Trainer<'_> {
     }
 }
 
-/// `ddpm train`.
+/// `ddpm train`: join the process group, take the run directory, load and check the data,
+/// build the learner, resume if asked, and run.
 pub fn train(cfg: &Config, opts: TrainOptions) -> Result<()> {
     interrupt::install()?;
-    let (joined, device) = dist::join(cfg.threads, device::resolve(&cfg.device)?)?;
-    let dist = match joined {
-        None => None,
-        Some((e, pg)) => {
-            if e.rank == 0 {
-                tracing::info!(
-                    "data-parallel: {} processes ({}, rendezvous {}:{}), {} images per process per step",
-                    e.world_size,
-                    pg.backend,
-                    e.master_addr,
-                    e.master_port,
-                    cfg.train.batch_size / e.world_size as i64
-                );
-            }
-            Some(pg)
-        }
-    };
+    let (dist, device) = join_group(cfg)?;
     let main = dist.as_ref().is_none_or(|d| d.rank == 0);
-    let run_dir = cfg.train.run_dir.clone();
     let _lock = match main {
-        true => {
-            std::fs::create_dir_all(&run_dir)
-                .with_context(|| format!("cannot create run_dir {}", run_dir.display()))?;
-            let lock = RunLock::acquire(&run_dir)?;
-            run_dir::check_fresh_start(&run_dir, opts.resume, opts.overwrite)?;
-            crate::fsutil::write_atomic(&run_dir.join("config.yml"), cfg.to_yaml().as_bytes())
-                .with_context(|| format!("cannot write into run_dir {}", run_dir.display()))?;
-            logging::log_to_file(&run_dir.join("train.log"))?;
-            tracing::info!("run directory {}", run_dir.display());
-            Some(lock)
-        }
+        true => Some(take_run_dir(cfg, opts)?),
         false => None,
     };
     if let Some(d) = &dist {
@@ -125,7 +99,77 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<()> {
             )));
         }
     }
+    let dataset = training_data(cfg)?;
+    let mut info = ModelInfo::from_config(cfg);
+    info.spec.class_names = dataset.class_names.clone();
+    let learner = build_learner(cfg, &info, &dataset, device, dist.is_some())?;
+    let evaluator = match cfg.train.eval_every > 0 && main {
+        true => {
+            let test = data::load(&cfg.dataset, Split::Test)?;
+            Some((crate::score::classifier_for(&cfg.dataset, &dataset, &test, device)?, test))
+        }
+        false => None,
+    };
+    let mut trainer = Trainer {
+        cfg,
+        run_dir: cfg.train.run_dir.clone(),
+        dataset,
+        learner,
+        info,
+        pos: Position { step: 0, epoch: 0, batch: 0 },
+        curve: Vec::new(),
+        evaluator,
+        dist,
+        stop: None,
+        trace: crate::trace::Trace::from_env()?,
+    };
+    trainer.announce_graphs();
+    if opts.resume && main {
+        trainer.resume()?;
+    }
+    trainer.broadcast_state()?;
+    if let Some(tr) = &trainer.trace {
+        tr.initial(trainer.pos.step, &trainer.learner.model.vs)?;
+    }
+    trainer.run()
+}
 
+/// The process group of a data-parallel run (None for one process) and this worker's device.
+fn join_group(cfg: &Config) -> Result<(Option<ProcessGroup>, tch::Device)> {
+    let (joined, device) = dist::join(cfg.threads, device::resolve(&cfg.device)?)?;
+    let group = joined.map(|(e, pg)| {
+        if e.rank == 0 {
+            tracing::info!(
+                "data-parallel: {} processes ({}, rendezvous {}:{}), {} images per process per step",
+                e.world_size,
+                pg.backend,
+                e.master_addr,
+                e.master_port,
+                cfg.train.batch_size / e.world_size as i64
+            );
+        }
+        pg
+    });
+    Ok((group, device))
+}
+
+/// Rank 0 takes the run directory: creates it, locks it, refuses to start over a finished run
+/// unless asked, writes the resolved configuration and starts the log file.
+fn take_run_dir(cfg: &Config, opts: TrainOptions) -> Result<RunLock> {
+    let run_dir = &cfg.train.run_dir;
+    std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create run_dir {}", run_dir.display()))?;
+    let lock = RunLock::acquire(run_dir)?;
+    run_dir::check_fresh_start(run_dir, opts.resume, opts.overwrite)?;
+    crate::fsutil::write_atomic(&run_dir.join(run_dir::files::CONFIG), cfg.to_yaml().as_bytes())
+        .with_context(|| format!("cannot write into run_dir {}", run_dir.display()))?;
+    logging::log_to_file(&run_dir.join(run_dir::files::TRAIN_LOG))?;
+    tracing::info!("run directory {}", run_dir.display());
+    Ok(lock)
+}
+
+/// The training split, checked against the configuration (its image shape; for a folder,
+/// enough pictures and the classes the network is built for).
+fn training_data(cfg: &Config) -> Result<ImageDataset> {
     let dataset = data::load(&cfg.dataset, Split::Train)?;
     let name = cfg.dataset.name;
     let shape = cfg.image_shape();
@@ -145,10 +189,18 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<()> {
     if let Some(w) = cfg.network.unmatched_attention(shape) {
         tracing::warn!("{w}");
     }
+    Ok(dataset)
+}
 
-    let mut info = ModelInfo::from_config(cfg);
-    info.spec.class_names = dataset.class_names.clone();
-    let mut learner = Learner::new(cfg, &info.spec, device, dist.is_some())?;
+/// The learner of the run (model, EMA, Adam, streams), described in the log.
+fn build_learner(
+    cfg: &Config,
+    info: &ModelInfo,
+    dataset: &ImageDataset,
+    device: tch::Device,
+    distributed: bool,
+) -> Result<Learner> {
+    let mut learner = Learner::new(cfg, &info.spec, device, distributed)?;
     learner.set_total_steps(cfg.train.steps_per_epoch(dataset.len()) * cfg.train.n_epochs);
     tracing::info!(
         "network {}, classes {}: {} trainable parameters; EMA {}; device {}",
@@ -164,45 +216,23 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<()> {
             (tch::get_num_threads() / 2).max(1)
         );
     }
-    let evaluator = match cfg.train.eval_every > 0 && main {
-        true => {
-            let test = data::load(&cfg.dataset, Split::Test)?;
-            Some((crate::score::classifier_for(&cfg.dataset, &dataset, &test, device)?, test))
+    Ok(learner)
+}
+
+impl Trainer<'_> {
+    /// CUDA graphs of the training step: off under the trajectory trace, else said in the log.
+    fn announce_graphs(&mut self) {
+        if self.trace.is_some() && self.learner.cuda_graphs() {
+            self.learner
+                .graphs_off("DDPM_TRACE_DIR records each step's gradients, which a replayed graph keeps to itself");
         }
-        false => None,
-    };
-    let mut trainer = Trainer {
-        cfg,
-        run_dir,
-        dataset,
-        learner,
-        info,
-        pos: Position { step: 0, epoch: 0, batch: 0 },
-        curve: Vec::new(),
-        evaluator,
-        dist,
-        stop: None,
-        trace: crate::trace::Trace::from_env()?,
-    };
-    if trainer.trace.is_some() && trainer.learner.cuda_graphs() {
-        trainer
-            .learner
-            .graphs_off("DDPM_TRACE_DIR records each step's gradients, which a replayed graph keeps to itself");
+        if self.learner.cuda_graphs() {
+            tracing::info!(
+                "training step in CUDA graphs: {} eager steps per batch shape, then captured and replayed (train.cuda_graphs: false switches them off)",
+                crate::graph::WARMUP
+            );
+        }
     }
-    if trainer.learner.cuda_graphs() {
-        tracing::info!(
-            "training step in CUDA graphs: {} eager steps per batch shape, then captured and replayed (train.cuda_graphs: false switches them off)",
-            crate::graph::WARMUP
-        );
-    }
-    if opts.resume && main {
-        trainer.resume()?;
-    }
-    trainer.broadcast_state()?;
-    if let Some(tr) = &trainer.trace {
-        tr.initial(trainer.pos.step, &trainer.learner.model.vs)?;
-    }
-    trainer.run()
 }
 
 /// A folder dataset fits the run: enough pictures for one batch, and as many classes as the

@@ -95,93 +95,22 @@ impl Trainer<'_> {
 
     /// Trains until `n_epochs` or `max_steps`.
     pub(super) fn run(&mut self) -> Result<()> {
-        let c = self.cfg;
-        let n_images = self.dataset.len();
-        let bs = c.train.batch_size;
-        let spe = self.steps_per_epoch();
-        let total = self.total_steps();
         let mut logs = match self.is_main() {
             true => Some(Logs::open(&self.run_dir)?),
             false => None,
         };
         let started = Instant::now();
         let mut images = 0i64;
+        let spe = self.steps_per_epoch();
         if self.pos.batch >= spe {
             self.pos = Position { epoch: self.pos.epoch + 1, batch: 0, ..self.pos };
         }
         if self.pos.epoch == 0 {
             self.pos.epoch = 1;
         }
-        while self.pos.epoch <= c.train.n_epochs && self.pos.step < total {
+        while self.pos.epoch <= self.cfg.train.n_epochs && self.pos.step < self.total_steps() {
             let epoch = self.pos.epoch;
-            let epoch_start = Instant::now();
-            let perm = seed::epoch_order(c.seed, epoch, n_images);
-            let last_batch = spe.min(self.pos.batch + total - self.pos.step);
-            let bar = logging::progress_bar(
-                (last_batch - self.pos.batch) as u64,
-                "{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}",
-            );
-            bar.set_prefix(format!("epoch {epoch}/{}", c.train.n_epochs));
-            let device = self.learner.model.device();
-            let mut epoch_sum = Tensor::zeros([], (Kind::Float, device));
-            let mut window_sum = Tensor::zeros([], (Kind::Float, device));
-            let (mut window_steps, mut window_images, mut window_start) = (0i64, 0i64, Instant::now());
-            let (mut epoch_steps, mut epoch_images) = (0i64, 0i64);
-            while self.pos.batch < last_batch {
-                let b = self.pos.batch;
-                let len = bs.min(n_images - b * bs);
-                let loss = self.step(&perm.narrow(0, b * bs, len))?;
-                self.pos.batch += 1;
-                epoch_sum += &loss;
-                window_sum += &loss;
-                (window_steps, window_images) = (window_steps + 1, window_images + len);
-                (epoch_steps, epoch_images) = (epoch_steps + 1, epoch_images + len);
-                images += len;
-                bar.inc(1);
-                let step = self.pos.step;
-                if step % c.train.log_every == 0 || self.pos.batch == last_batch {
-                    let mean = window_sum.double_value(&[]) / window_steps as f64;
-                    if !mean.is_finite() {
-                        bar.abandon();
-                        bail!(
-                            "the loss became {mean} at step {step} (epoch {epoch}); stopping without saving. \
-                             The last good checkpoint is {} (try a lower train.lr)",
-                            checkpoint::latest_path(&self.run_dir).display()
-                        );
-                    }
-                    let ips = window_images as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
-                    self.curve.push((step, mean));
-                    bar.set_message(format!("loss {mean:.4} | {ips:.0} img/s"));
-                    let row = serde_json::json!({
-                        "step": step, "epoch": epoch, "loss": mean, "lr": self.learner.opt.lr,
-                        "images_per_sec": ips, "elapsed_sec": started.elapsed().as_secs_f64()
-                    });
-                    if let Some(logs) = &mut logs {
-                        logs.window(&row, step, mean, ips)?;
-                    }
-                    let _ = window_sum.zero_();
-                    (window_steps, window_images, window_start) = (0, 0, Instant::now());
-                }
-                if let Some(code) = self.stop_requested() {
-                    bar.abandon();
-                    if let Some(logs) = &mut logs {
-                        logs.flush()?;
-                    }
-                    return Err(self.interrupted(code));
-                }
-            }
-            bar.finish_and_clear();
-            let epoch_loss = epoch_sum.double_value(&[]) / epoch_steps.max(1) as f64;
-            let secs = epoch_start.elapsed().as_secs_f64();
-            tracing::info!(
-                "epoch {epoch}/{}: loss {epoch_loss:.5}, {epoch_steps} steps, {secs:.1} s, {:.0} images/s",
-                c.train.n_epochs,
-                epoch_images as f64 / secs
-            );
-            if let Some(logs) = &mut logs {
-                logs.epoch(self.pos.step, epoch_loss)?;
-                self.epoch_end(epoch, self.pos.batch == spe, logs)?;
-            }
+            images += self.run_epoch(epoch, &mut logs, started)?;
             if self.pos.batch == spe {
                 self.pos = Position { epoch: epoch + 1, batch: 0, ..self.pos };
             }
@@ -189,6 +118,88 @@ impl Trainer<'_> {
         if self.is_main() {
             self.summary(started.elapsed().as_secs_f64(), images);
         }
+        Ok(())
+    }
+
+    /// The rest of epoch `epoch` (from `pos.batch`, up to the step limit) in the epoch's order,
+    /// then its end; returns the images trained on.
+    fn run_epoch(&mut self, epoch: i64, logs: &mut Option<Logs>, started: Instant) -> Result<i64> {
+        let c = self.cfg;
+        let (n_images, bs, spe) = (self.dataset.len(), c.train.batch_size, self.steps_per_epoch());
+        let epoch_start = Instant::now();
+        let perm = seed::epoch_order(c.seed, epoch, n_images);
+        let last_batch = spe.min(self.pos.batch + self.total_steps() - self.pos.step);
+        let bar = logging::progress_bar(
+            (last_batch - self.pos.batch) as u64,
+            "{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}",
+        );
+        bar.set_prefix(format!("epoch {epoch}/{}", c.train.n_epochs));
+        let mut sums = LossSums::new(self.learner.model.device());
+        while self.pos.batch < last_batch {
+            let b = self.pos.batch;
+            let len = bs.min(n_images - b * bs);
+            let loss = self.step(&perm.narrow(0, b * bs, len))?;
+            self.pos.batch += 1;
+            sums.add(&loss, len);
+            bar.inc(1);
+            if self.pos.step % c.train.log_every == 0 || self.pos.batch == last_batch {
+                self.log_window(&mut sums, epoch, started, &bar, logs)?;
+            }
+            if let Some(code) = self.stop_requested() {
+                bar.abandon();
+                if let Some(logs) = logs {
+                    logs.flush()?;
+                }
+                return Err(self.interrupted(code));
+            }
+        }
+        bar.finish_and_clear();
+        let epoch_loss = sums.epoch.double_value(&[]) / sums.epoch_steps.max(1) as f64;
+        let secs = epoch_start.elapsed().as_secs_f64();
+        tracing::info!(
+            "epoch {epoch}/{}: loss {epoch_loss:.5}, {} steps, {secs:.1} s, {:.0} images/s",
+            c.train.n_epochs,
+            sums.epoch_steps,
+            sums.epoch_images as f64 / secs
+        );
+        if let Some(logs) = logs {
+            logs.epoch(self.pos.step, epoch_loss)?;
+            self.epoch_end(epoch, self.pos.batch == spe, logs)?;
+        }
+        Ok(sums.epoch_images)
+    }
+
+    /// The end of a logging window: its mean loss (a NaN or inf stops the run, saving
+    /// nothing), on the bar, in the loss curve and in the metrics.
+    fn log_window(
+        &mut self,
+        sums: &mut LossSums,
+        epoch: i64,
+        started: Instant,
+        bar: &indicatif::ProgressBar,
+        logs: &mut Option<Logs>,
+    ) -> Result<()> {
+        let step = self.pos.step;
+        let mean = sums.window.double_value(&[]) / sums.window_steps as f64;
+        if !mean.is_finite() {
+            bar.abandon();
+            bail!(
+                "the loss became {mean} at step {step} (epoch {epoch}); stopping without saving. \
+                 The last good checkpoint is {} (try a lower train.lr)",
+                checkpoint::latest_path(&self.run_dir).display()
+            );
+        }
+        let ips = sums.window_images as f64 / sums.window_start.elapsed().as_secs_f64().max(1e-9);
+        self.curve.push((step, mean));
+        bar.set_message(format!("loss {mean:.4} | {ips:.0} img/s"));
+        let row = serde_json::json!({
+            "step": step, "epoch": epoch, "loss": mean, "lr": self.learner.opt.lr,
+            "images_per_sec": ips, "elapsed_sec": started.elapsed().as_secs_f64()
+        });
+        if let Some(logs) = logs {
+            logs.window(&row, step, mean, ips)?;
+        }
+        sums.new_window();
         Ok(())
     }
 
@@ -210,5 +221,45 @@ impl Trainer<'_> {
             checkpoint::latest_path(&self.run_dir).display(),
             if self.learner.ema.is_some() { "yes" } else { "no" },
         );
+    }
+}
+
+/// The loss summed over the logging window and the epoch, on the device (adding needs no host
+/// sync; the window's mean is read once per window).
+struct LossSums {
+    window: Tensor,
+    window_steps: i64,
+    window_images: i64,
+    window_start: Instant,
+    epoch: Tensor,
+    epoch_steps: i64,
+    epoch_images: i64,
+}
+
+impl LossSums {
+    fn new(device: tch::Device) -> Self {
+        let zero = || Tensor::zeros([], (Kind::Float, device));
+        Self {
+            window: zero(),
+            window_steps: 0,
+            window_images: 0,
+            window_start: Instant::now(),
+            epoch: zero(),
+            epoch_steps: 0,
+            epoch_images: 0,
+        }
+    }
+
+    /// One step's loss over `images` images.
+    fn add(&mut self, loss: &Tensor, images: i64) {
+        self.epoch += loss;
+        self.window += loss;
+        (self.window_steps, self.window_images) = (self.window_steps + 1, self.window_images + images);
+        (self.epoch_steps, self.epoch_images) = (self.epoch_steps + 1, self.epoch_images + images);
+    }
+
+    fn new_window(&mut self) {
+        let _ = self.window.zero_();
+        (self.window_steps, self.window_images, self.window_start) = (0, 0, Instant::now());
     }
 }

@@ -6,6 +6,7 @@
 use super::{Position, Trainer};
 use crate::checkpoint::{self, Checkpoint, ModelInfo};
 use crate::error::UsageError;
+use crate::run_dir::files;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::Path;
@@ -149,7 +150,7 @@ impl Trainer<'_> {
 /// The loss curve logged so far, up to `step` (metrics.jsonl is cut back to it, so a resumed
 /// run does not log the interrupted steps twice).
 fn read_curve(run_dir: &Path, step: i64) -> Result<Vec<(i64, f64)>> {
-    let path = run_dir.join("metrics.jsonl");
+    let path = run_dir.join(files::METRICS);
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Vec::new()) };
     let mut kept = String::new();
     let mut curve = Vec::new();

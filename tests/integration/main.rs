@@ -18,6 +18,7 @@ mod fid;
 mod folder;
 mod gpu_scripts;
 mod inspect;
+mod layout;
 mod model;
 mod optimizer;
 mod parity;
