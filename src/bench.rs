@@ -7,13 +7,13 @@ use crate::data::{self, ImageDataset, Split};
 use crate::device;
 use crate::diffusion::ddim::Spacing;
 use crate::diffusion::ddpm::StepOptions;
-use crate::diffusion::sampler::{ReverseProcess, Sampler};
-use crate::generate::{self, Request};
+use crate::diffusion::reverse::{ReverseProcess, Sampler};
+use crate::diffusion_model::{Model, ModelSpec};
+use crate::draw::{self, Request};
 use crate::learner::{BatchSlice, Learner};
 use crate::model::Denoiser;
 use crate::precision::Precision;
 use crate::seed::{self, derived_seed, SEED_STEP};
-use crate::spec::{Model, ModelSpec};
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::time::Instant;
@@ -222,7 +222,7 @@ fn time_sampling(cfg: &Config, model: &Model, repeats: usize, result: &mut Bench
     let _no_grad = tch::no_grad_guard();
     // The network as the samplers run it: under bf16 autocast with `sample.precision: bf16`.
     let bf16 = cfg.sample.precision == Precision::Bf16 && crate::precision::bf16_available(device);
-    let graphed = crate::graph::Graphed::new(model.net.as_ref(), cfg.sample.cuda_graphs && !bf16);
+    let graphed = crate::cuda_graph::Graphed::new(model.net.as_ref(), cfg.sample.cuda_graphs && !bf16);
     let net = crate::diffusion::prediction::AsEps {
         net: &graphed,
         prediction: crate::diffusion::prediction::Prediction::Eps,
@@ -267,7 +267,7 @@ fn time_sampling(cfg: &Config, model: &Model, repeats: usize, result: &mut Bench
         };
         let req = Request { n: 81, labels: None, batch: 81, seed: cfg.seed, sampler: &sc, progress: false };
         let t0 = Instant::now();
-        let _ = generate::draw(model, &req, None).double_value(&[0, 0, 0, 0]);
+        let _ = draw::draw(model, &req, None).double_value(&[0, 0, 0, 0]);
         t0.elapsed().as_secs_f64()
     };
     let sample_ddim = time(Sampler::Ddim { steps: 50, eta: 0.0, spacing: Spacing::Uniform });

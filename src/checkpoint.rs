@@ -4,9 +4,9 @@
 //! Python: `safetensors.torch.load_file("latest.safetensors")` gives the demo's `state_dict`.
 
 use crate::config::Config;
+use crate::diffusion_model::{Model, ModelSpec};
 use crate::fsutil::write_atomic;
 use crate::model::NetworkConfig;
-use crate::spec::{Model, ModelSpec};
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};

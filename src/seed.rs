@@ -13,7 +13,7 @@ pub fn derived_seed(seed: u64, purpose: u64, index: i64) -> i64 {
 pub const SEED_EPOCH: u64 = 1;
 /// The purpose of the seed of a step's random draws.
 pub const SEED_STEP: u64 = 2;
-/// The purpose of the noise of a numbered batch of samples (`generate::draw_batch`).
+/// The purpose of the noise of a numbered batch of samples (`draw::draw_batch`).
 pub const SEED_BATCH: u64 = 3;
 
 /// The order in which epoch `epoch` visits `n` images: a permutation drawn from the run's seed

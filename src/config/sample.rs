@@ -3,7 +3,7 @@
 
 use crate::diffusion::ddim::Spacing;
 use crate::diffusion::ddpm::StepOptions;
-use crate::diffusion::sampler::{ReverseProcess, Sampler, SamplerKind};
+use crate::diffusion::reverse::{ReverseProcess, Sampler, SamplerKind};
 use crate::precision::Precision;
 use serde::{Deserialize, Serialize};
 

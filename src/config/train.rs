@@ -1,7 +1,7 @@
 //! The `train:` section of options.yml.
 
 use crate::diffusion::prediction::{LossWeighting, Prediction};
-use crate::diffusion::sampler::SamplerKind;
+use crate::diffusion::reverse::SamplerKind;
 use crate::precision::Precision;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

@@ -13,7 +13,7 @@
 //! returns the predicted x0, as DDIM's last step does. The first-order step is DDIM with eta 0.
 //!
 //! The solver visits `steps` timesteps spread like DDIM's but without t = 0 (`steps + 1` points,
-//! the lowest dropped; see `sampler::visited_steps`), so its last step leaves from the lowest
+//! the lowest dropped; see `reverse::visited_steps`), so its last step leaves from the lowest
 //! visited t, as diffusers' `DPMSolverMultistepScheduler` does (linspace spacing, final sigma
 //! zero). Visiting t = 0 as well makes the step before it extrapolate from a `h` ratio near 0.2
 //! (for 10 steps of the linear schedule) and loses the second order's gain.

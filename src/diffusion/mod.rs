@@ -5,7 +5,7 @@ pub mod ddpm;
 pub mod dpm_solver;
 pub mod loss;
 pub mod prediction;
-pub mod sampler;
+pub mod reverse;
 pub mod schedule;
 
 pub use ddpm::DdpmScheduler;

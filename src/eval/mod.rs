@@ -11,8 +11,8 @@ pub use fid::{eval_fid, fid_table, reference_cache, FidResult};
 
 use crate::checkpoint;
 use crate::config::Config;
+use crate::draw;
 use crate::fsutil;
-use crate::generate;
 use crate::shard::Shard;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -42,7 +42,7 @@ pub struct EvalRequest {
 struct Drawing {
     loaded: checkpoint::LoadedModel,
     labels: Option<Tensor>,
-    sc: crate::diffusion::sampler::ReverseProcess,
+    sc: crate::diffusion::reverse::ReverseProcess,
     name: String,
     sampler: String,
     steps: usize,
@@ -55,13 +55,13 @@ impl Drawing {
         let loaded = checkpoint::load_for_sampling(cfg, &path, device)?;
         let mut sc = cfg.sample.sampler_config();
         let k = loaded.model.num_classes();
-        let labels = generate::cycling_labels(n, k, device);
+        let labels = draw::cycling_labels(n, k, device);
         if k == 0 {
             sc.guidance = 1.0;
         } else {
             loaded.info.warn_untrained_null_class(&path, sc.guidance);
         }
-        let steps = crate::diffusion::sampler::visited_steps(&loaded.model.scheduler, sc.sampler).len();
+        let steps = crate::diffusion::reverse::visited_steps(&loaded.model.scheduler, sc.sampler).len();
         Ok(Drawing {
             loaded,
             labels,
@@ -74,7 +74,7 @@ impl Drawing {
 
     /// Global batch `k`: images `start..start + len`, `[len, C, H, W]` in about [-1, 1].
     fn batch(&self, cfg: &Config, (k, start, len): (i64, i64, i64)) -> Tensor {
-        generate::draw_batch(&self.loaded.model, self.labels.as_ref(), (k, start, len), cfg.seed, &self.sc, true)
+        draw::draw_batch(&self.loaded.model, self.labels.as_ref(), (k, start, len), cfg.seed, &self.sc, true)
     }
 
     /// A bar over this rank's share of `n` images in batches of `batch`.

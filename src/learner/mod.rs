@@ -4,8 +4,8 @@
 //! under bf16 autocast when configured), the gradients' all-reduce in a data-parallel run,
 //! clipping, warm-up, Adam and the EMA update. `ddpm train` and `ddpm bench` both run it.
 
-pub mod graphed;
 mod lr;
+pub mod step_graphs;
 pub mod streams;
 
 pub use lr::lr_at;
@@ -15,13 +15,13 @@ use crate::config::Config;
 use crate::data::ImageDataset;
 use crate::diffusion::loss::{denoising_loss, NetBatch, Target};
 use crate::diffusion::prediction::LossWeighting;
+use crate::diffusion_model::{Model, ModelSpec};
 use crate::ema::Ema;
 use crate::optim::{Adam, AdamConfig};
 use crate::precision::Precision;
 use crate::seed::{derived_seed, SEED_STEP};
-use crate::spec::{Model, ModelSpec};
 use anyhow::Result;
-use graphed::{Ran, StaticStep, StepGraphs};
+use step_graphs::{Ran, StaticStep, StepGraphs};
 use streams::Streams;
 use tch::{Device, Kind, Tensor};
 
@@ -133,7 +133,7 @@ impl Learner {
         Ok(learner)
     }
 
-    /// Whether steps go through CUDA graphs (see [`graphed`]).
+    /// Whether steps go through CUDA graphs (see [`step_graphs`]).
     pub fn cuda_graphs(&self) -> bool {
         self.graphs.is_on()
     }
@@ -154,7 +154,7 @@ impl Learner {
     /// Steps of one batch shape before the first replay of its graph (0 without graphs).
     pub fn graph_warmup_steps(&self) -> i64 {
         match self.graphs.is_on() {
-            true => crate::graph::WARMUP as i64 + 1,
+            true => crate::cuda_graph::WARMUP as i64 + 1,
             false => 0,
         }
     }
@@ -320,7 +320,7 @@ impl Learner {
 /// What keeps the training step out of CUDA graphs on a GPU, if anything: a build without
 /// them, a data-parallel run, bf16, the per-tensor Adam or two compute streams.
 fn graphs_obstacle(cfg: &Config, distributed: bool, bf16: bool, two_streams: bool) -> Option<&'static str> {
-    if !crate::graph::available() {
+    if !crate::cuda_graph::available() {
         Some("this ddpm was built without the CUDA headers")
     } else if distributed {
         Some("data-parallel runs reduce the gradients between backward and the update")
@@ -339,7 +339,7 @@ fn graphs_obstacle(cfg: &Config, distributed: bool, bf16: bool, two_streams: boo
 mod tests {
     use super::*;
     use crate::diffusion::prediction::LossWeighting;
-    use crate::spec::ModelSpec;
+    use crate::diffusion_model::ModelSpec;
 
     /// Every parameter, EMA weight and Adam moment of a learner, by name.
     fn state_of(l: &Learner) -> Vec<(String, Tensor)> {

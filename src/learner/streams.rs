@@ -9,8 +9,8 @@
 
 use crate::config::Config;
 use crate::diffusion::loss::{denoising_loss, NetBatch};
+use crate::diffusion_model::ModelSpec;
 use crate::model;
-use crate::spec::ModelSpec;
 use anyhow::{anyhow, Result};
 use std::sync::mpsc;
 use std::thread::JoinHandle;

@@ -10,12 +10,12 @@
 //! holds the settings, and a resume with other settings is refused.
 
 use crate::config::sample::Format;
+use crate::diffusion_model::Model;
+use crate::draw;
 use crate::error::UsageError;
-use crate::generate;
 use crate::grid;
 use crate::run_dir::files;
 use crate::shard::Shard;
-use crate::spec::Model;
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ pub struct Export<'a> {
     pub n: i64,
     pub batch: i64,
     pub seed: u64,
-    pub sampler: &'a crate::diffusion::sampler::ReverseProcess,
+    pub sampler: &'a crate::diffusion::reverse::ReverseProcess,
     pub format: Format,
     pub out: &'a Path,
     pub resume: bool,
@@ -101,7 +101,7 @@ pub fn run(e: &Export, shard: &Shard) -> Result<i64> {
     bar.set_position(images(&mine) - images(&todo));
     for &k in &todo {
         let b = batch.min(e.n - k * batch);
-        let xs = generate::draw_batch(e.model, e.labels, (k, k * batch, b), e.seed, e.sampler, true);
+        let xs = draw::draw_batch(e.model, e.labels, (k, k * batch, b), e.seed, e.sampler, true);
         match e.format {
             Format::PngDir => {
                 for j in 0..b {

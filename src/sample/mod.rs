@@ -8,9 +8,9 @@ pub mod export;
 use crate::checkpoint;
 use crate::config::sample::Format;
 use crate::config::Config;
-use crate::diffusion::sampler;
+use crate::diffusion::reverse;
+use crate::draw::{self, Request};
 use crate::error::UsageError;
-use crate::generate::{self, Request};
 use crate::shard::Shard;
 use crate::{device, grid};
 use anyhow::{bail, Context, Result};
@@ -90,7 +90,7 @@ pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
 struct Plan<'a> {
     path: &'a Path,
     loaded: &'a checkpoint::LoadedModel,
-    sc: &'a sampler::ReverseProcess,
+    sc: &'a reverse::ReverseProcess,
     label: Option<&'a LabelChoice>,
     labels: Option<&'a Tensor>,
     out: &'a Path,
@@ -158,7 +158,7 @@ fn labels_for(
     label: Option<&LabelChoice>,
     loaded: &checkpoint::LoadedModel,
     path: &Path,
-    sc: &mut sampler::ReverseProcess,
+    sc: &mut reverse::ReverseProcess,
 ) -> Result<Option<Tensor>> {
     let device = loaded.model.device();
     Ok(match (label, loaded.model.num_classes()) {
@@ -190,7 +190,7 @@ fn labels_for(
             for (i, name) in loaded.info.spec.class_names.iter().enumerate() {
                 tracing::info!("row {i}: class {i} ({name})");
             }
-            Some(generate::rows_of_labels(k, per, device))
+            Some(draw::rows_of_labels(k, per, device))
         }
     })
 }
@@ -250,7 +250,7 @@ fn draw_grid(cfg: &Config, req: &SampleRequest, plan: &Plan, device: tch::Device
             (8e9 / ((c * h * w) as f64 * 4.0)) as i64
         )));
     }
-    let steps = sampler::visited_steps(&plan.loaded.model.scheduler, plan.sc.sampler).len();
+    let steps = reverse::visited_steps(&plan.loaded.model.scheduler, plan.sc.sampler).len();
     tracing::info!(
         "sampling {n} images from {} with {} in {steps} steps on {}",
         plan.source(),
@@ -268,7 +268,7 @@ fn draw_grid(cfg: &Config, req: &SampleRequest, plan: &Plan, device: tch::Device
         sampler: plan.sc,
         progress: true,
     };
-    let xs = generate::draw(&plan.loaded.model, &req_draw, frames_arg);
+    let xs = draw::draw(&plan.loaded.model, &req_draw, frames_arg);
     tracing::info!("sampled {n} images in {:.2} s", started.elapsed().as_secs_f64());
     let cols = match (plan.label, plan.loaded.model.num_classes()) {
         (Some(LabelChoice::All), k) if k > 0 => n / k,
@@ -286,7 +286,7 @@ fn draw_grid(cfg: &Config, req: &SampleRequest, plan: &Plan, device: tch::Device
         tracing::info!("wrote {}", t.display());
     }
     if req.process {
-        let (png, gif) = crate::process::write(&frames, out, cfg.sample.padding)?;
+        let (png, gif) = crate::reverse_pictures::write(&frames, out, cfg.sample.padding)?;
         tracing::info!("wrote {} and {}", png.display(), gif.display());
     }
     Ok(())

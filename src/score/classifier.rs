@@ -14,7 +14,7 @@ pub const FEATURES: i64 = 128;
 const FORMAT: &str = "ddpm-classifier/1";
 
 /// conv 3x3 (32) -> ReLU -> max-pool -> conv 3x3 (64) -> ReLU -> max-pool -> linear (128) ->
-/// ReLU [features] -> linear (classes).
+/// ReLU (features) -> linear (classes).
 pub struct Classifier {
     pub vs: nn::VarStore,
     conv1: nn::Conv2D,

@@ -4,8 +4,8 @@
 
 use super::Trainer;
 use crate::diffusion::ddim::Spacing;
-use crate::diffusion::sampler::{ReverseProcess, Sampler};
-use crate::generate::{self, Request};
+use crate::diffusion::reverse::{ReverseProcess, Sampler};
+use crate::draw::{self, Request};
 use crate::run_dir::files;
 use crate::tensorboard::EventWriter;
 use crate::{fsutil, grid, plot};
@@ -88,7 +88,7 @@ impl Trainer<'_> {
     fn draw(&self, n: i64, labels: Option<&Tensor>, sampler: &ReverseProcess) -> Tensor {
         let c = self.cfg;
         let req = Request { n, labels, batch: c.sample.batch_size, seed: c.seed, sampler, progress: false };
-        generate::draw(self.learner.sampling_model(), &req, None)
+        draw::draw(self.learner.sampling_model(), &req, None)
     }
 
     /// The per-epoch grid from the EMA weights (if any), with fixed noise and the grid's
@@ -98,7 +98,7 @@ impl Trainer<'_> {
         let model = self.learner.sampling_model();
         let classes = model.num_classes();
         let labels = (classes > 0)
-            .then(|| generate::rows_of_labels(classes, (c.train.grid_samples + classes - 1) / classes, model.device()));
+            .then(|| draw::rows_of_labels(classes, (c.train.grid_samples + classes - 1) / classes, model.device()));
         let n = labels.as_ref().map_or(c.train.grid_samples, |l| l.size()[0]);
         // (Guidance only acts where there are labels.)
         let sc = c.sample.reverse_process(c.train.grid_sampler, c.train.grid_steps);
@@ -118,7 +118,7 @@ impl Trainer<'_> {
         let model = self.learner.sampling_model();
         let n = c.train.eval_samples.min(test.len() / 2);
         let classes = model.num_classes();
-        let labels = generate::cycling_labels(n, classes, model.device());
+        let labels = draw::cycling_labels(n, classes, model.device());
         let sc = ReverseProcess {
             sampler: Sampler::Ddim { steps: 50, eta: c.sample.eta, spacing: Spacing::Uniform },
             ..c.sample.sampler_config()

@@ -8,9 +8,10 @@
 //! (drawn from a fixed seed) do not disturb the training stream, and a resumed run needs only
 //! the step, the epoch and the position in the epoch to continue exactly where it stopped.
 //!
-//! Files: [`options`] (the `train:` section), [`step`] (the training step, also what
-//! `ddpm bench` times), [`graphed`] (its CUDA graphs), [`streams`] (its two-stream CPU variant), `run.rs` (the loop),
-//! `state.rs` (save, resume, broadcast), `epoch_end.rs` (metrics, grids, evaluation).
+//! Files: `mod.rs` (set-up), `run.rs` (the loop), `state.rs` (save, resume, broadcast),
+//! `epoch_end.rs` (metrics, grids, evaluation). The `train:` section is
+//! [`crate::config::train`]; the step itself is [`crate::learner`], which `ddpm bench` times
+//! too.
 
 mod epoch_end;
 mod run;
@@ -229,7 +230,7 @@ impl Trainer<'_> {
         if self.learner.cuda_graphs() {
             tracing::info!(
                 "training step in CUDA graphs: {} eager steps per batch shape, then captured and replayed (train.cuda_graphs: false switches them off)",
-                crate::graph::WARMUP
+                crate::cuda_graph::WARMUP
             );
         }
     }

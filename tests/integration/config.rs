@@ -254,7 +254,7 @@ fn choices_list_their_values_and_kinds_their_keys() {
         load("train:\n  optimizer: AdamW\n  precision: BF16\nsample:\n  sampler: DDIM\n  spacing: quad\n").unwrap();
     assert_eq!(cfg.train.optimizer, ddpm::config::train::Optimizer::AdamW);
     assert_eq!(cfg.train.precision, ddpm::precision::Precision::Bf16);
-    assert_eq!(cfg.sample.sampler, ddpm::diffusion::sampler::SamplerKind::Ddim);
+    assert_eq!(cfg.sample.sampler, ddpm::diffusion::reverse::SamplerKind::Ddim);
     assert_eq!(cfg.sample.spacing, ddpm::diffusion::ddim::Spacing::Quadratic);
     // config.yml holds the canonical names and reads back to the same config.
     let yml = cfg.to_yaml();

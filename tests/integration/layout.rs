@@ -14,7 +14,7 @@ const LAYERS: [(&str, &[&str]); 6] = [
     ("commands", &["train", "sample", "eval", "bench", "info"]),
     (
         "model and run files",
-        &["spec", "checkpoint", "generate", "graph", "shard", "score", "learner", "run_dir", "trace"],
+        &["diffusion_model", "checkpoint", "draw", "cuda_graph", "shard", "score", "learner", "run_dir", "trace"],
     ),
     ("configuration", &["config"]),
     ("maths and data", &["model", "diffusion", "data", "optim", "ema", "seed"]),
@@ -30,7 +30,7 @@ const LAYERS: [(&str, &[&str]); 6] = [
             "fsutil",
             "grid",
             "plot",
-            "process",
+            "reverse_pictures",
             "tensorboard",
             "logging",
         ],

@@ -363,10 +363,10 @@ fn cosine_eps_samples_stay_bounded_in_every_sampler() {
     use ddpm::diffusion::ddim::Spacing;
     use ddpm::diffusion::ddpm::StepOptions;
     use ddpm::diffusion::prediction::Prediction;
-    use ddpm::diffusion::sampler::{ReverseProcess, Sampler};
+    use ddpm::diffusion::reverse::{ReverseProcess, Sampler};
     use ddpm::diffusion::{BetaSchedule, ScheduleConfig};
+    use ddpm::diffusion_model::ModelSpec;
     use ddpm::model::{DemoConfig, NetworkConfig};
-    use ddpm::spec::ModelSpec;
     let _rng = common::rng_lock();
     tch::manual_seed(4);
     let spec = |prediction| ModelSpec {
@@ -393,8 +393,8 @@ fn cosine_eps_samples_stay_bounded_in_every_sampler() {
             bf16: false,
             cuda_graphs: false,
         };
-        let req = ddpm::generate::Request { n: 4, labels: None, batch: 4, seed: 1, sampler: &sc, progress: false };
-        let xs = ddpm::generate::draw(&model, &req, None);
+        let req = ddpm::draw::Request { n: 4, labels: None, batch: 4, seed: 1, sampler: &sc, progress: false };
+        let xs = ddpm::draw::draw(&model, &req, None);
         let m = xs.abs().max().double_value(&[]);
         assert!(m.is_finite() && m < 5.0, "{sampler:?}: samples reach {m}");
     }

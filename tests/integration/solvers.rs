@@ -6,7 +6,7 @@ use crate::common;
 use ddpm::diffusion::ddim::{self, Spacing};
 use ddpm::diffusion::ddpm::StepOptions;
 use ddpm::diffusion::dpm_solver::DpmSolverPP;
-use ddpm::diffusion::sampler::{self, ReverseProcess, Sampler};
+use ddpm::diffusion::reverse::{self, ReverseProcess, Sampler};
 use ddpm::diffusion::{DdpmScheduler, Schedule};
 use ddpm::model::{self, DemoConfig, Denoiser, NetworkConfig};
 use tch::{nn, Device, Kind, Tensor};
@@ -100,7 +100,7 @@ fn dpm_solver_follows_the_exact_ode_closer_than_ddim() {
     // Both solvers end with the predicted x0 at t = 0, the posterior mean there.
     let exact = (&x_t0 - net.forward(&x_t0, &Tensor::from_slice(&[0i64]), None) * s0) / a0;
     let err = |s: Sampler| {
-        let x = sampler::sample(&net, &ddpm, x_top.copy(), None, &process(s), |_, _, _| {});
+        let x = reverse::sample(&net, &ddpm, x_top.copy(), None, &process(s), |_, _, _| {});
         (x - &exact).abs().mean(Kind::Float).double_value(&[])
     };
     for steps in [10, 20] {

@@ -3,7 +3,7 @@
 //! tensors, as `torch.compile(mode="reduce-overhead")` does. [`CudaGraph`] is the graph itself
 //! (the C++ side is `csrc/cuda_graph.cpp`); [`Graphed`] replays a network's forward call for
 //! sampling (`sample.cuda_graphs`), one graph per input shape; the training step has its own
-//! (`learner::graphed`). On the CPU, in builds without the CUDA headers, and after a capture that
+//! (`learner::step_graphs`). On the CPU, in builds without the CUDA headers, and after a capture that
 //! failed (with one warning), the network runs as it is.
 
 use crate::model::Denoiser;

@@ -1,10 +1,11 @@
-//! Beyond the demo: the EMA update, DDIM, and classifier-free guidance.
+//! The diffusion maths: the forward process and the DDPM reverse step against their closed
+//! forms, DDIM, classifier-free guidance, and the EMA update.
 
 use crate::common;
 
 use ddpm::diffusion::ddim::{self, Spacing};
 use ddpm::diffusion::ddpm::StepOptions;
-use ddpm::diffusion::sampler::{self, ReverseProcess, Sampler};
+use ddpm::diffusion::reverse::{self, ReverseProcess, Sampler};
 use ddpm::diffusion::{DdpmScheduler, Schedule};
 use ddpm::ema::Ema;
 use ddpm::model::{self, Denoiser};
@@ -110,17 +111,17 @@ fn ddim_eta_zero_is_deterministic_given_the_noise() {
     let noise = Tensor::randn([2, 1, 28, 28], (Kind::Float, Device::Cpu));
     let mut visited = Vec::new();
     tch::manual_seed(10);
-    let a = sampler::sample(net.as_ref(), &ddpm, noise.copy(), None, &sc, |_, t, _| visited.push(t));
+    let a = reverse::sample(net.as_ref(), &ddpm, noise.copy(), None, &sc, |_, t, _| visited.push(t));
     tch::manual_seed(99);
-    let b = sampler::sample(net.as_ref(), &ddpm, noise.copy(), None, &sc, |_, _, _| {});
+    let b = reverse::sample(net.as_ref(), &ddpm, noise.copy(), None, &sc, |_, _, _| {});
     assert!(a.equal(&b), "eta = 0 must not depend on the random generator");
     // round(i * 19 / 4) for i = 4..0.
     assert_eq!(visited, vec![19, 14, 10, 5, 0]);
     let sc1 = ReverseProcess { sampler: Sampler::Ddim { steps: 5, eta: 1.0, spacing: Spacing::Uniform }, ..sc };
     tch::manual_seed(10);
-    let c = sampler::sample(net.as_ref(), &ddpm, noise.copy(), None, &sc1, |_, _, _| {});
+    let c = reverse::sample(net.as_ref(), &ddpm, noise.copy(), None, &sc1, |_, _, _| {});
     tch::manual_seed(99);
-    let d = sampler::sample(net.as_ref(), &ddpm, noise, None, &sc1, |_, _, _| {});
+    let d = reverse::sample(net.as_ref(), &ddpm, noise, None, &sc1, |_, _, _| {});
     assert!(!c.equal(&d), "eta = 1 draws fresh noise");
 }
 
@@ -140,11 +141,83 @@ fn guidance_zero_is_unconditional_and_one_is_conditional() {
     let uncond = net.forward(&x, &t, Some(&null));
     assert!(!cond.allclose(&uncond, 1e-5, 1e-5, false), "labels must change the prediction");
     assert!(net.forward(&x, &t, None).allclose(&uncond, 1e-6, 1e-6, false), "None = the null class");
-    let g0 = sampler::predict_eps(net.as_ref(), &x, &t, Some(&y), 0.0);
-    let g1 = sampler::predict_eps(net.as_ref(), &x, &t, Some(&y), 1.0);
-    let g3 = sampler::predict_eps(net.as_ref(), &x, &t, Some(&y), 3.0);
+    let g0 = reverse::predict_eps(net.as_ref(), &x, &t, Some(&y), 0.0);
+    let g1 = reverse::predict_eps(net.as_ref(), &x, &t, Some(&y), 1.0);
+    let g3 = reverse::predict_eps(net.as_ref(), &x, &t, Some(&y), 3.0);
     assert!(g0.allclose(&uncond, 1e-5, 1e-5, false));
     assert!(g1.allclose(&cond, 1e-5, 1e-5, false));
     let want = &uncond + (&cond - &uncond) * 3.0;
     assert!(g3.allclose(&want, 1e-4, 1e-4, false));
+}
+
+#[test]
+fn add_noise_has_the_right_mean_and_variance() {
+    let _rng = common::rng_lock();
+    tch::manual_seed(1);
+    let ddpm = DdpmScheduler::new(Schedule::linear(1000, 1e-4, 0.02), Device::Cpu);
+    let n = 20000;
+    let x0 = Tensor::full([n, 1, 2, 2], 0.5, (Kind::Float, Device::Cpu));
+    let noise = x0.randn_like();
+    for t in [0i64, 499, 999] {
+        let ts = Tensor::full([n], t, (Kind::Int64, Device::Cpu));
+        let xt = ddpm.add_noise(&x0, &noise, &ts);
+        let ab = ddpm.schedule.alphas_cumprod[t as usize];
+        let mean = xt.mean(Kind::Double).double_value(&[]);
+        let var = xt.var(true).double_value(&[]);
+        assert!((mean - 0.5 * ab.sqrt()).abs() < 0.02, "t={t}: mean {mean}");
+        assert!((var - (1.0 - ab)).abs() < 0.03 * (1.0 - ab) + 1e-4, "t={t}: var {var}");
+    }
+    // One t per sample: sample 0 at t=0, sample 1 at t=999.
+    let x0 = Tensor::ones([2, 1, 1, 1], (Kind::Float, Device::Cpu));
+    let z = Tensor::zeros([2, 1, 1, 1], (Kind::Float, Device::Cpu));
+    let xt = ddpm.add_noise(&x0, &z, &Tensor::from_slice(&[0i64, 999]));
+    assert!((xt.double_value(&[0, 0, 0, 0]) - 0.9999f64.sqrt()).abs() < 1e-6);
+    assert!((xt.double_value(&[1, 0, 0, 0]) - 4.0358297653756754e-05f64.sqrt()).abs() < 1e-6);
+}
+
+#[test]
+fn reverse_step_matches_the_closed_form() {
+    let ddpm = DdpmScheduler::new(Schedule::linear(1000, 1e-4, 0.02), Device::Cpu);
+    let s = &ddpm.schedule;
+    let x = Tensor::from_slice(&[0.3f32]).view([1, 1, 1, 1]);
+    let eps = Tensor::from_slice(&[-0.2f32]).view([1, 1, 1, 1]);
+    let z = Tensor::from_slice(&[1.5f32]).view([1, 1, 1, 1]);
+    for (t, simple) in [(500usize, true), (500, false), (0, true)] {
+        let got =
+            ddpm.step(&eps, t, &x, &z, StepOptions { simple_var: simple, clip_x0: false }).double_value(&[0, 0, 0, 0]);
+        let (a, ab) = (s.alphas[t], s.alphas_cumprod[t]);
+        let mean = (0.3 - (1.0 - a) / (1.0 - ab).sqrt() * -0.2) / a.sqrt();
+        let var = if t == 0 {
+            0.0
+        } else if simple {
+            s.betas[t]
+        } else {
+            s.posterior_variance(t)
+        };
+        let want = mean + var.sqrt() * 1.5;
+        assert!((got - want).abs() < 1e-5, "t={t} simple={simple}: {got} vs {want}");
+    }
+    // clip_x0 with a consistent eps reproduces the posterior mean of the true x0.
+    let t = 300;
+    let (ab, abp, b, a) = (s.alphas_cumprod[t], s.alphas_cumprod[t - 1], s.betas[t], s.alphas[t]);
+    let x0 = 0.4;
+    let xt = ab.sqrt() * x0 + (1.0 - ab).sqrt() * -0.2;
+    let x = Tensor::from_slice(&[xt as f32]).view([1, 1, 1, 1]);
+    let zero = x.zeros_like();
+    let got =
+        ddpm.step(&eps, t, &x, &zero, StepOptions { simple_var: false, clip_x0: true }).double_value(&[0, 0, 0, 0]);
+    let want = abp.sqrt() * b / (1.0 - ab) * x0 + a.sqrt() * (1.0 - abp) / (1.0 - ab) * xt;
+    assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    // A predicted x0 of 1.7 is clamped to 1 before the posterior mean; without the clamp the
+    // step lands 0.7 * abp.sqrt() * b / (1 - ab) (about 0.0018) higher.
+    let xt = ab.sqrt() * 1.7 + (1.0 - ab).sqrt() * -0.2;
+    let x = Tensor::from_slice(&[xt as f32]).view([1, 1, 1, 1]);
+    let step = |clip| {
+        ddpm.step(&eps, t, &x, &zero, StepOptions { simple_var: false, clip_x0: clip }).double_value(&[0, 0, 0, 0])
+    };
+    let want = abp.sqrt() * b / (1.0 - ab) * 1.0 + a.sqrt() * (1.0 - abp) / (1.0 - ab) * xt;
+    assert!((step(true) - want).abs() < 1e-5, "clipped: {} vs {want}", step(true));
+    let unclipped = abp.sqrt() * b / (1.0 - ab) * 1.7 + a.sqrt() * (1.0 - abp) / (1.0 - ab) * xt;
+    assert!((step(false) - unclipped).abs() < 1e-5, "unclipped: {} vs {unclipped}", step(false));
+    assert!((step(true) - step(false)).abs() > 1e-3, "clipping changed nothing");
 }

@@ -16,8 +16,8 @@
 //! last batch of an epoch) gets its own graph, up to [`MAX_SHAPES`]; beyond that, and wherever a
 //! capture fails (with one warning), the step runs eagerly.
 
+use crate::cuda_graph::{CudaGraph, WARMUP};
 use crate::diffusion::loss::{NetBatch, Target};
-use crate::graph::{CudaGraph, WARMUP};
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 

@@ -2,10 +2,10 @@
 //! `ddpm eval`, and the grids and evaluations during training.
 
 use crate::diffusion::prediction::AsEps;
-use crate::diffusion::sampler::{self, ReverseProcess};
+use crate::diffusion::reverse::{self, ReverseProcess};
+use crate::diffusion_model::Model;
 use crate::logging;
 use crate::seed::{derived_seed, SEED_BATCH};
-use crate::spec::Model;
 use tch::{Device, Kind, Tensor};
 
 /// What to draw.
@@ -42,7 +42,7 @@ pub fn draw(model: &Model, req: &Request, mut frames: Option<(&mut Vec<Tensor>, 
     if model.needs_x0_clipping() {
         process.opts.clip_x0 = true;
     }
-    let steps = sampler::visited_steps(&model.scheduler, req.sampler.sampler).len();
+    let steps = reverse::visited_steps(&model.scheduler, req.sampler.sampler).len();
     let batch = req.batch.clamp(1, req.n.max(1));
     let chunks = (req.n + batch - 1) / batch;
     let bar = match req.progress {
@@ -57,7 +57,7 @@ pub fn draw(model: &Model, req: &Request, mut frames: Option<(&mut Vec<Tensor>, 
         None => Vec::new(),
     };
     let bf16 = req.sampler.bf16 && crate::precision::bf16_available(model.device());
-    let graphed = crate::graph::Graphed::new(model.net.as_ref(), req.sampler.cuda_graphs && !bf16);
+    let graphed = crate::cuda_graph::Graphed::new(model.net.as_ref(), req.sampler.cuda_graphs && !bf16);
     let mut parts = Vec::new();
     let mut chunk_frames: Vec<Vec<Tensor>> = Vec::new();
     for i in 0..chunks {
@@ -66,7 +66,7 @@ pub fn draw(model: &Model, req: &Request, mut frames: Option<(&mut Vec<Tensor>, 
         let y = req.labels.map(|l| l.narrow(0, i * batch, b));
         let mut mine = vec![noise.to_device(Device::Cpu)];
         let net = AsEps { net: &graphed, prediction: model.prediction, scheduler: &model.scheduler, bf16 };
-        let x = sampler::sample(&net, &model.scheduler, noise, y.as_ref(), &process, |j, _, x| {
+        let x = reverse::sample(&net, &model.scheduler, noise, y.as_ref(), &process, |j, _, x| {
             bar.inc(1);
             if keep_at.contains(&j) {
                 mine.push(x.to_device(Device::Cpu));
