@@ -41,7 +41,8 @@ impl ModelInfo {
         }
     }
 
-    fn to_metadata(&self) -> HashMap<String, String> {
+    /// The safetensors metadata a checkpoint carries (what [`Checkpoint::read`] reads back).
+    pub fn to_metadata(&self) -> HashMap<String, String> {
         let j = |v: serde_json::Value| v.to_string();
         HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
@@ -76,6 +77,7 @@ impl ModelInfo {
                 Some(p) => p.parse().map_err(|e| anyhow::anyhow!("{}: metadata 'prediction': {e}", path.display()))?,
             },
         };
+        check_spec(path, &spec)?;
         Ok(Self {
             spec,
             dataset: get("dataset")?.clone(),
@@ -85,6 +87,26 @@ impl ModelInfo {
         })
     }
 }
+
+/// A model described by a file's metadata, held to the rules a config's is: 1 or 3 channels,
+/// sides of 1..=4096 pixels, a network and a schedule that validate.
+fn check_spec(path: &Path, spec: &ModelSpec) -> Result<()> {
+    let bad = |what: &str, m: String| crate::error::UsageError(format!("{}: metadata '{what}': {m}", path.display()));
+    let [c, h, w] = spec.image_shape;
+    if !(c == 1 || c == 3) || !(1..=4096).contains(&h) || !(1..=4096).contains(&w) {
+        bail!(bad(
+            "image_shape",
+            format!("{:?} is not an image ddpm makes (1 or 3 channels, sides of 1 to 4096)", spec.image_shape)
+        ));
+    }
+    spec.network.validate(spec.image_shape).map_err(|m| bad("network", m))?;
+    spec.schedule.validate().map_err(|m| bad("ddpm", m))?;
+    Ok(())
+}
+
+/// The largest checkpoint file read (the paper's CIFAR-10 UNet with its Adam moments is about
+/// 430 MB).
+pub const MAX_CHECKPOINT_BYTES: u64 = 16_000_000_000;
 
 /// Serialises every variable of `vs` (f32, CPU) with `info` as metadata and writes the file
 /// atomically.
@@ -138,7 +160,8 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Reads and validates the safetensors header.
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+        let bytes = crate::fsutil::read_regular(path, MAX_CHECKPOINT_BYTES)
+            .map_err(|e| crate::error::UsageError(format!("cannot read checkpoint {}: {e}", path.display())))?;
         let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| {
             anyhow::anyhow!(
                 "{}: not a valid safetensors checkpoint ({e}); truncated or another format?",
@@ -297,16 +320,39 @@ pub fn load_model(
     let mut model = info.spec.build(device, false);
     let ema_path = companion(path, "ema");
     let ema = use_ema && ema_path.exists();
-    if ema {
-        Checkpoint::read(&ema_path)?.load_into(&mut model.vs)?;
-    } else {
-        ckpt.load_into(&mut model.vs)?;
+    let loaded_from = if ema { ema_path } else { path.to_path_buf() };
+    match ema {
+        true => Checkpoint::read(&loaded_from)?.load_into(&mut model.vs)?,
+        false => ckpt.load_into(&mut model.vs)?,
     }
+    check_finite(&loaded_from, &model.vs)?;
     if channels_last {
         crate::model::vs_to_channels_last(&model.vs);
         model.channels_last = true;
     }
     Ok(LoadedModel { model, info, ema })
+}
+
+/// Refuses weights that are NaN or infinite (a diverged run saved by hand, a corrupted file):
+/// they would draw NaN pictures without a word.
+fn check_finite(path: &Path, vs: &nn::VarStore) -> Result<()> {
+    let mut bad: Vec<String> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.is_floating_point() && t.isfinite().all().int64_value(&[]) == 0)
+        .map(|(k, _)| k)
+        .collect();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    bad.sort();
+    bail!(crate::error::UsageError(format!(
+        "{}: {} weight tensor(s) hold NaN or infinite values (first: {}); the run diverged or the file is damaged: \
+         sample an earlier checkpoint",
+        path.display(),
+        bad.len(),
+        bad[0]
+    )))
 }
 
 impl ModelInfo {

@@ -104,3 +104,48 @@ pub fn check_fresh_start(run_dir: &Path, resume: bool, overwrite: bool) -> Resul
     }
     Ok(())
 }
+
+/// Whether `path` holds a ddpm checkpoint (its safetensors header says so); reads the header
+/// only.
+pub fn is_checkpoint(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else { return false };
+    let mut len = [0u8; 8];
+    if f.read_exact(&mut len).is_err() {
+        return false;
+    }
+    let n = u64::from_le_bytes(len);
+    if n > 100_000_000 {
+        return false;
+    }
+    let mut header = Vec::new();
+    if f.take(n).read_to_end(&mut header).is_err() {
+        return false;
+    }
+    let needle = format!("\"format\":\"{}\"", checkpoint::FORMAT);
+    String::from_utf8_lossy(&header).contains(&needle)
+}
+
+/// Fails early, with the path named, when a command's output file cannot or must not be
+/// written: its folder cannot be created or written, or the path is a symbolic link, not a
+/// regular file (a folder, a device, a FIFO), or a ddpm checkpoint, which no output replaces.
+pub fn check_output(path: &Path) -> Result<()> {
+    let refuse = |why: &str| -> Result<()> { bail!(UsageError(format!("will not write {}: {why}", path.display()))) };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_symlink() {
+            return refuse("it is a symbolic link (ddpm writes only to plain files; pick another path)");
+        }
+        if !meta.is_file() {
+            return refuse("it is not a regular file (a folder, device or FIFO)");
+        }
+        if is_checkpoint(path) {
+            return refuse("it holds a ddpm checkpoint (pick another path)");
+        }
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| UsageError(format!("cannot write {}: {e}", path.display())))?;
+    let probe = dir.join(format!(".ddpm-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| UsageError(format!("cannot write {}: {e}", path.display())))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}

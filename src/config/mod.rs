@@ -25,6 +25,9 @@ use serde_yaml::Value;
 use std::path::Path;
 use train::TrainConfig;
 
+/// The largest config file read: a YAML file of settings is a few kilobytes.
+const MAX_CONFIG_BYTES: u64 = 4_000_000;
+
 /// `channels_last`: the memory format of the network's weights and images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelsLast {
@@ -130,14 +133,22 @@ impl Default for Config {
 impl Config {
     /// Reads, merges `overrides` (`key.path=value`), validates.
     pub fn load(path: &Path, overrides: &[(String, String)]) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let bytes = crate::fsutil::read_regular(path, MAX_CONFIG_BYTES).map_err(|e| {
             bad(format!("cannot read config file {}: {e} (pass another with --config PATH)", path.display()))
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            bad(format!(
+                "config file {}: not UTF-8 text (byte {}); is it a YAML file?",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            ))
         })?;
         Self::from_yaml_str(&text, &path.display().to_string(), overrides)
     }
 
     /// Parses YAML text; `origin` names the source in messages.
     pub fn from_yaml_str(text: &str, origin: &str, overrides: &[(String, String)]) -> anyhow::Result<Self> {
+        check_nesting(text).map_err(|m| bad(format!("{origin}: {m}")))?;
         let mut value: Value = serde_yaml::from_str(text).map_err(|e| {
             let loc = e.location().map(|l| format!(" at line {}, column {}", l.line(), l.column())).unwrap_or_default();
             let msg = e.to_string();
@@ -185,6 +196,12 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         crate::device::parse_device(&self.device).map_err(|m| format!("device = {:?}: {m}", self.device))?;
+        if self.threads > 4096 {
+            return Err(format!(
+                "threads = {} is not allowed: 0 (libtorch's default: all cores) or at most 4096",
+                self.threads
+            ));
+        }
         if self.streams > 2 {
             return Err(format!("streams = {} is not allowed: 0 (automatic), 1 or 2", self.streams));
         }
@@ -257,7 +274,13 @@ fn strip_tags(v: &mut Value) {
 /// Applies `a.b.c=value` to the YAML tree; the value is parsed as YAML (so `2e-4`, `[8, 16]`,
 /// `false` work).
 fn set_path(root: &mut Value, key: &str, raw: &str) -> Result<(), String> {
+    check_nesting(raw)?;
     let parsed: Value = serde_yaml::from_str(raw).map_err(|e| format!("value is not YAML: {e}"))?;
+    if !parsed.is_mapping() && ["dataset", "ddpm", "network", "train", "sample", "eval"].contains(&key) {
+        return Err(format!(
+            "{key} is a section of options.yml, not a value: set its keys one at a time (--set {key}.KEY=VALUE)"
+        ));
+    }
     let mut node = root;
     let parts: Vec<&str> = key.split('.').collect();
     for (i, part) in parts.iter().enumerate() {
@@ -332,4 +355,40 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+/// The deepest `[` / `{` nesting a config may have: options.yml nests three levels.
+const MAX_FLOW_DEPTH: usize = 64;
+
+/// Refuses YAML whose flow collections (`[...]`, `{...}`) nest deeper than
+/// [`MAX_FLOW_DEPTH`] before the parser sees it: the parser takes minutes over a few hundred
+/// thousand brackets before it gives up. Quoted strings and comments are skipped.
+fn check_nesting(text: &str) -> Result<(), String> {
+    let (mut depth, mut quote, mut comment, mut prev) = (0usize, None::<char>, false, '\n');
+    let mut line = 1;
+    for c in text.chars() {
+        if c == '\n' {
+            line += 1;
+            comment = false;
+        }
+        match (quote, comment, c) {
+            (_, true, _) => {}
+            (Some(q), _, c) if c == q => quote = None,
+            (Some(_), _, _) => {}
+            (None, _, '\'' | '"') => quote = Some(c),
+            (None, _, '#') if prev.is_whitespace() => comment = true,
+            (None, _, '[' | '{') => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Err(format!(
+                        "YAML nested deeper than {MAX_FLOW_DEPTH} levels of [ ] or {{ }} at line {line}: not a config"
+                    ));
+                }
+            }
+            (None, _, ']' | '}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        prev = c;
+    }
+    Ok(())
 }

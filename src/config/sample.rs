@@ -93,7 +93,7 @@ impl SampleConfig {
     pub fn validate(&self, n_steps: i64) -> Result<(), String> {
         check(self.n_samples >= 1, "n_samples", self.n_samples, "n_samples >= 1")?;
         check(self.batch_size >= 1, "batch_size", self.batch_size, "batch_size >= 1")?;
-        check(self.padding >= 0, "padding", self.padding, "padding >= 0")?;
+        check((0..=256).contains(&self.padding), "padding", self.padding, "0 <= padding <= 256 pixels")?;
         let strided = self.sampler != SamplerKind::Ddpm;
         check(
             self.steps >= 1 && (!strided || self.steps <= n_steps),

@@ -7,6 +7,7 @@
 //! share of the files (chosen by a hash of their relative path, so adding pictures does not
 //! reshuffle the others) for `ddpm eval`.
 
+pub use super::walk::{list, EXTENSIONS};
 use super::{DatasetConfig, ImageDataset, Split};
 use crate::error::UsageError;
 use crate::fsutil::fnv1a;
@@ -16,9 +17,6 @@ use image::{ImageBuffer, Pixel};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tch::{Kind, Tensor};
-
-/// File extensions that are decoded (case-insensitive).
-pub const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"];
 
 crate::choice! {
     /// `dataset.resize`: how a picture of another shape becomes `image_size`.
@@ -161,38 +159,6 @@ pub fn is_held_out(rel: &str, share: f64) -> bool {
     share > 0.0 && (fnv1a(rel.as_bytes()) % 1_000_000) < (share * 1e6) as u64
 }
 
-/// Picture files under `dir` (relative paths with `/`, sorted) and the count of other files;
-/// hidden files and folders are skipped.
-pub fn list(dir: &Path) -> Result<(Vec<String>, usize)> {
-    let mut files = Vec::new();
-    let mut ignored = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))?;
-        for e in entries {
-            let e = e.with_context(|| format!("cannot list {}", d.display()))?;
-            let name = e.file_name().to_string_lossy().to_string();
-            if name.starts_with('.') {
-                continue;
-            }
-            let path = e.path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let ext = path.extension().map(|x| x.to_string_lossy().to_lowercase()).unwrap_or_default();
-            if EXTENSIONS.contains(&ext.as_str()) {
-                let rel = path.strip_prefix(dir).unwrap_or(&path);
-                files.push(rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"));
-            } else {
-                ignored += 1;
-            }
-        }
-    }
-    files.sort();
-    Ok((files, ignored))
-}
-
 fn cache_key(dir: &Path, files: &[String], shape: [i64; 3], resize: Resize) -> Result<u64> {
     let mut text = format!("ddpm-folder-cache v1 {shape:?} {}\n", resize.as_str());
     for f in files {
@@ -283,14 +249,23 @@ fn decode_all(dir: &Path, files: &[String], shape: [i64; 3], resize: Resize) -> 
     Ok((images, kept, skipped))
 }
 
+/// The largest side of a picture decoded, in pixels.
+pub const MAX_SIDE: u32 = 16384;
+/// The most memory one picture may decode to.
+pub const MAX_DECODED_BYTES: u64 = 512 << 20;
+
 /// One picture as `u8 [C, H, W]` bytes.
 pub fn decode(path: &Path, shape: [i64; 3], resize: Resize) -> std::result::Result<Vec<u8>, String> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| e.to_string())?
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?
-        .decode()
-        .map_err(|e| e.to_string())?;
+    let mut reader =
+        image::ImageReader::open(path).map_err(|e| e.to_string())?.with_guessed_format().map_err(|e| e.to_string())?;
+    // A small file can describe a huge picture (a decompression bomb): refuse what would not
+    // fit these bounds before decoding it.
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODED_BYTES);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| e.to_string())?;
     let [c, h, w] = shape;
     Ok(match c {
         1 => planar(&fit(&img.to_luma8(), h as u32, w as u32, resize)),

@@ -5,6 +5,7 @@ pub mod cifar;
 pub mod download;
 pub mod folder;
 pub mod idx;
+mod walk;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -205,6 +206,36 @@ pub fn class_names(name: DatasetName) -> Vec<String> {
 
 /// Loads a split of the configured dataset, downloading missing files when allowed.
 pub fn load(cfg: &DatasetConfig, split: Split) -> Result<ImageDataset> {
+    let ds = load_unchecked(cfg, split)?;
+    check_loaded(&ds, cfg)?;
+    Ok(ds)
+}
+
+/// What every reader's result must hold before it reaches a network: at least one image, and
+/// labels within the data set's classes (an out-of-range label would index past the class
+/// embedding of a conditional model).
+fn check_loaded(ds: &ImageDataset, cfg: &DatasetConfig) -> Result<()> {
+    let what = match cfg.name {
+        DatasetName::Folder => format!("dataset.path {}", cfg.path.display()),
+        n => format!("{} under {}", n.as_str(), cfg.root.display()),
+    };
+    if ds.is_empty() {
+        anyhow::bail!(crate::error::UsageError(format!("{what}: the data set holds no images")));
+    }
+    let classes = ds.class_names.len() as i64;
+    if classes > 0 {
+        let (lo, hi) = (ds.labels.min().int64_value(&[]), ds.labels.max().int64_value(&[]));
+        if lo < 0 || hi >= classes {
+            anyhow::bail!(crate::error::UsageError(format!(
+                "{what}: labels run from {lo} to {hi}, outside its {classes} classes 0..{}",
+                classes - 1
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn load_unchecked(cfg: &DatasetConfig, split: Split) -> Result<ImageDataset> {
     let name = cfg.name;
     match name {
         DatasetName::Mnist | DatasetName::FashionMnist => {

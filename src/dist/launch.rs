@@ -60,13 +60,18 @@ pub fn launch(nproc: usize, grace: Duration) -> Result<()> {
             }
         }
     }
-    let mut failed: Option<(usize, std::process::ExitStatus, Instant)> = None;
+    // Every failed worker's status, and when the first failed (the others get `grace` then).
+    let mut failures: Vec<(usize, std::process::ExitStatus)> = Vec::new();
+    let mut first_failure: Option<Instant> = None;
     let mut forwarded = false;
     loop {
         let mut running = 0;
         for (rank, child) in &mut children {
             match child.try_wait()? {
-                Some(status) if !status.success() && failed.is_none() => failed = Some((*rank, status, Instant::now())),
+                Some(status) if !status.success() && !failures.iter().any(|(r, _)| r == rank) => {
+                    failures.push((*rank, status));
+                    first_failure.get_or_insert_with(Instant::now);
+                }
                 Some(_) => {}
                 None => running += 1,
             }
@@ -82,17 +87,20 @@ pub fn launch(nproc: usize, grace: Duration) -> Result<()> {
                 unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
             }
         }
-        if let Some((_, _, at)) = failed {
-            if at.elapsed() > grace {
-                kill_all(&mut children);
-                break;
-            }
+        if first_failure.is_some_and(|at| at.elapsed() > grace) {
+            kill_all(&mut children);
+            break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    match failed {
+    // The worker whose exit says most: a usage error or an interruption (the others often fail
+    // only because it did), the lowest rank first; else the first to fail.
+    let telling = |s: &std::process::ExitStatus| matches!(s.code(), Some(2 | 130 | 143));
+    let mut by_rank = failures.clone();
+    by_rank.sort_by_key(|(r, _)| *r);
+    match by_rank.into_iter().find(|(_, s)| telling(s)).or_else(|| failures.first().copied()) {
         None => Ok(()),
-        Some((rank, status, _)) => match status.code() {
+        Some((rank, status)) => match status.code() {
             Some(code @ (2 | 130 | 143)) => Err(crate::error::Interrupted {
                 code: code as u8,
                 message: format!("worker {rank} of {nproc} exited with status {code} (its message is above)"),

@@ -77,7 +77,7 @@ pub fn eval(cfg: &Config, req: &EvalRequest) -> Result<Option<EvalResult>> {
     };
     let started = Instant::now();
     let (xs, labels, ckpt_name, sampler, steps) = match &req.samples {
-        Some(p) => read_samples(p, n)?,
+        Some(p) => read_samples(p, n, test.image_shape())?,
         None => {
             let d = Drawing::new(cfg, req, device, n)?;
             let [c, h, w] = d.loaded.model.image_shape;
@@ -103,8 +103,15 @@ pub fn eval(cfg: &Config, req: &EvalRequest) -> Result<Option<EvalResult>> {
 type Drawn = (Tensor, Option<Tensor>, String, String, usize);
 
 /// Saved samples (`--samples`, a ddpm tensor file): the first `n`.
-fn read_samples(p: &std::path::Path, n: i64) -> Result<Drawn> {
+fn read_samples(p: &std::path::Path, n: i64, shape: [i64; 3]) -> Result<Drawn> {
     let xs = crate::score::fid::read_sample_tensor(p)?;
+    if xs.size()[1..] != shape {
+        bail!(UsageError(format!(
+            "{} holds samples of {:?}, but the data set's images are {shape:?}: score samples of the model trained on it",
+            p.display(),
+            &xs.size()[1..]
+        )));
+    }
     if xs.size()[0] < n {
         bail!(UsageError(format!("{} holds {} samples, fewer than --n {n}", p.display(), xs.size()[0])));
     }

@@ -194,11 +194,12 @@ impl DemoUNet {
         x = self.mid[1].forward(&self.mid[0].forward(&x));
         for (level, skip) in self.decoders.iter().zip(skips.iter().rev()) {
             let up = level.resample.forward(&x);
-            // Zero-pad at the end of H and W to the skip's size (3 -> 6 -> 7 on MNIST); the
-            // demo's F.pad splits the difference as (d // 2, d - d // 2).
+            // Zero-pad H and W to the skip's size (3 -> 6 -> 7 on MNIST), the difference split
+            // as the demo's F.pad splits it, (d // 2, d - d // 2). The pads are given last
+            // dimension first: W's pair, then H's.
             let (dh, dw) = (skip.size()[2] - up.size()[2], skip.size()[3] - up.size()[3]);
             let up =
-                if dh != 0 || dw != 0 { up.constant_pad_nd([dh / 2, dh - dh / 2, dw / 2, dw - dw / 2]) } else { up };
+                if dh != 0 || dw != 0 { up.constant_pad_nd([dw / 2, dw - dw / 2, dh / 2, dh - dh / 2]) } else { up };
             let cat = Tensor::cat(&[skip, &up], 1); // [N, 2 c_i, H_i, W_i]
             x = cat + per_channel(temb.apply(&level.pe_linear[0]));
             x = level.blocks[1].forward(&level.blocks[0].forward(&x));

@@ -124,8 +124,8 @@ fn check_outputs(req: &SampleRequest, format: Format, out: &Path) -> Result<()> 
         bail!(UsageError(format!("--process and --save-tensor go with --format grid, not {}", format.as_str())));
     }
     match format {
-        Format::PngDir => check_writable(&out.join("000000.png")),
-        _ => check_writable(out),
+        Format::PngDir => crate::run_dir::check_output(&out.join("000000.png")),
+        _ => crate::run_dir::check_output(out),
     }
 }
 
@@ -279,8 +279,9 @@ fn draw_grid(cfg: &Config, req: &SampleRequest, plan: &Plan, device: tch::Device
         .with_context(|| format!("cannot write the grid to {}", out.display()))?;
     tracing::info!("wrote {}", out.display());
     if let Some(t) = &req.save_tensor {
-        check_writable(t)?;
-        let xs = xs.to_device(tch::Device::Cpu);
+        crate::run_dir::check_output(t)?;
+        // Contiguous: a channels-last network's output is not, and the writer needs it.
+        let xs = xs.to_device(tch::Device::Cpu).contiguous();
         Tensor::write_safetensors(&[("samples", &xs)], t)
             .with_context(|| format!("cannot write samples to {}", t.display()))?;
         tracing::info!("wrote {}", t.display());
@@ -301,15 +302,5 @@ pub fn check_nproc(cfg: &Config, nproc: usize) -> Result<()> {
              --format png-dir or --format npz"
         )));
     }
-    Ok(())
-}
-
-/// Fails early, with the path named, when `path`'s folder cannot be created or written.
-fn check_writable(path: &Path) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| UsageError(format!("cannot write {}: {e}", path.display())))?;
-    let probe = dir.join(format!(".ddpm-write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(|e| UsageError(format!("cannot write {}: {e}", path.display())))?;
-    let _ = std::fs::remove_file(probe);
     Ok(())
 }

@@ -35,6 +35,7 @@ pub fn write_mu_sigma(path: &Path, mu: &Tensor, sigma: &Tensor) -> Result<()> {
 }
 
 fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    regular_file(path)?;
     Ok(Tensor::read_npz(path).map_err(|e| {
         UsageError(format!("{}: not an .npz ({})", path.display(), e.to_string().lines().next().unwrap_or("")))
     })?)
@@ -46,10 +47,49 @@ fn stats_of(named: &[(String, Tensor)]) -> Option<(Tensor, Tensor)> {
     Some((get("mu")?, get("sigma")?))
 }
 
+/// Refuses what is not a regular file before a reader blocks on a FIFO or reads a device
+/// without end.
+fn regular_file(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => bail!(UsageError(format!("{}: not a regular file", path.display()))),
+        _ => Ok(()),
+    }
+}
+
+/// Statistics of 2048 Inception features, finite: what a FID is computed from (an empty or NaN
+/// reference would give a number that means nothing).
+fn check_stats(path: &Path, (mu, sigma): (Tensor, Tensor)) -> Result<(Tensor, Tensor)> {
+    let finite = |t: &Tensor| t.isfinite().all().int64_value(&[]) == 1;
+    if mu.size() != [2048] || sigma.size() != [2048, 2048] {
+        bail!(UsageError(format!(
+            "{}: mu is {:?} and sigma {:?}; Inception statistics are mu [2048] and sigma [2048, 2048]",
+            path.display(),
+            mu.size(),
+            sigma.size()
+        )));
+    }
+    if !finite(&mu) || !finite(&sigma) {
+        bail!(UsageError(format!("{}: the statistics hold NaN or infinite values", path.display())));
+    }
+    Ok((mu, sigma))
+}
+
+/// Images a FID can be computed on: `[N >= 2, 1 or 3, H, W]`.
+fn check_images(path: &Path, px: Tensor) -> Result<Tensor> {
+    let s = px.size();
+    if s.len() != 4 || s[0] < 2 || !(s[1] == 1 || s[1] == 3) || s[2] < 1 || s[3] < 1 {
+        bail!(UsageError(format!(
+            "{}: images of shape {s:?} (as [N, C, H, W]); expected at least 2 images of 1 or 3 channels",
+            path.display()
+        )));
+    }
+    Ok(px)
+}
+
 /// Reads `mu` and `sigma` from a pytorch-fid statistics file.
 pub fn read_stats(path: &Path) -> Result<(Tensor, Tensor)> {
     match stats_of(&read_npz(path)?) {
-        Some(st) => Ok(st),
+        Some(st) => check_stats(path, st),
         None => bail!(UsageError(format!("{}: an .npz of statistics needs 'mu' and 'sigma'", path.display()))),
     }
 }
@@ -66,11 +106,14 @@ pub fn load_reference(path: &Path) -> Result<Reference> {
     if !path.is_dir() && path.extension().is_some_and(|e| e == "npz") {
         let named = read_npz(path)?;
         return Ok(match stats_of(&named) {
-            Some((mu, sigma)) => Reference::Stats(mu, sigma),
-            None => Reference::Images(npz_images(path, named)?),
+            Some(st) => {
+                let (mu, sigma) = check_stats(path, st)?;
+                Reference::Stats(mu, sigma)
+            }
+            None => Reference::Images(check_images(path, npz_images(path, named)?)?),
         });
     }
-    load_images(path).map(Reference::Images)
+    load_images(path).and_then(|px| check_images(path, px)).map(Reference::Images)
 }
 
 /// `arr_0` (uint8 NHWC) of an `.npz`'s arrays, as `[N, C, H, W]`.
@@ -91,9 +134,22 @@ fn npz_images(path: &Path, named: Vec<(String, Tensor)>) -> Result<Tensor> {
 /// The `samples` tensor of a file written by `ddpm sample --save-tensor` (float `[N, C, H, W]`
 /// in about [-1, 1]).
 pub fn read_sample_tensor(path: &Path) -> Result<Tensor> {
+    regular_file(path)?;
     let named = Tensor::read_safetensors(path).with_context(|| format!("reading samples {}", path.display()))?;
     let xs = named.into_iter().find(|(k, _)| k == "samples").map(|(_, v)| v);
-    xs.with_context(|| UsageError(format!("{}: no tensor named 'samples'", path.display())))
+    let xs = xs.with_context(|| UsageError(format!("{}: no tensor named 'samples'", path.display())))?;
+    let s = xs.size();
+    if !xs.is_floating_point() || s.len() != 4 || s[0] < 1 || !(s[1] == 1 || s[1] == 3) {
+        bail!(UsageError(format!(
+            "{}: 'samples' is {:?} {s:?}; ddpm's samples are float [N, C, H, W] with 1 or 3 channels in [-1, 1]",
+            path.display(),
+            xs.kind()
+        )));
+    }
+    if xs.isfinite().all().int64_value(&[]) == 0 {
+        bail!(UsageError(format!("{}: the samples hold NaN or infinite values", path.display())));
+    }
+    Ok(xs)
 }
 
 /// uint8 images `[N, C, H, W]` from a ddpm sample tensor, an `.npz` (`arr_0`, NHWC) or a

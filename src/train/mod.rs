@@ -158,6 +158,12 @@ fn join_group(cfg: &Config) -> Result<(Option<ProcessGroup>, tch::Device)> {
 /// unless asked, writes the resolved configuration and starts the log file.
 fn take_run_dir(cfg: &Config, opts: TrainOptions) -> Result<RunLock> {
     let run_dir = &cfg.train.run_dir;
+    if std::fs::canonicalize(run_dir).is_ok_and(|c| c.parent().is_none()) {
+        bail!(UsageError(format!(
+            "train.run_dir = {}: that is the filesystem root; give the run a folder of its own, e.g. runs/mnist",
+            run_dir.display()
+        )));
+    }
     std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create run_dir {}", run_dir.display()))?;
     let lock = RunLock::acquire(run_dir)?;
     run_dir::check_fresh_start(run_dir, opts.resume, opts.overwrite)?;

@@ -17,6 +17,7 @@ mod export;
 mod fid;
 mod folder;
 mod gpu_scripts;
+mod hostile;
 mod inspect;
 mod layout;
 mod networks;

@@ -79,6 +79,50 @@ fn unet_output_shapes() {
     }
 }
 
+/// Both networks at every image size the config accepts, in both orientations: the output has
+/// the input's shape (the demo network pads its upsampled maps to the skip's H and W; on
+/// non-square images of odd halvings these differ), and a size a network cannot take is a
+/// config error that names the sizes.
+#[test]
+fn both_networks_take_every_size_the_config_accepts_in_both_orientations() {
+    use ddpm::model::UnetConfig;
+    let _rng = common::rng_lock();
+    tch::manual_seed(0);
+    let demo =
+        NetworkConfig::Demo(DemoConfig { channels: vec![4, 8, 8, 8], pe_dim: 8, residual: true, num_classes: 0 });
+    let unet = NetworkConfig::Unet(UnetConfig {
+        base_channels: 8,
+        channel_mults: vec![1, 2, 2],
+        num_res_blocks: 1,
+        attn_resolutions: vec![],
+        groups: 4,
+        dropout: 0.0,
+        ..Default::default()
+    });
+    let (mut built, mut refused) = (0, 0);
+    for (h, w) in [(40, 28), (28, 28), (33, 17), (13, 29), (64, 8), (9, 10), (7, 5), (3, 12), (2, 16), (1, 1)] {
+        for (h, w) in [(h, w), (w, h)] {
+            for (cfg, c) in [(&demo, 1), (&unet, 3)] {
+                let shape = [c, h, w];
+                if let Err(m) = cfg.validate(shape) {
+                    assert!(m.contains(&format!("{h}x{w}")), "{} refuses {h}x{w} without naming it: {m}", cfg.kind());
+                    refused += 1;
+                    continue;
+                }
+                let vs = nn::VarStore::new(Device::Cpu);
+                let net = model::build(&vs, cfg, shape, 1000);
+                let xs = Tensor::randn([2, c, h, w], (Kind::Float, Device::Cpu));
+                let out = tch::no_grad(|| net.forward(&xs, &Tensor::from_slice(&[3i64, 700]), None));
+                assert_eq!(out.size(), vec![2, c, h, w], "{} at {h}x{w}", cfg.kind());
+                built += 1;
+            }
+        }
+    }
+    // The grid reaches both outcomes: most sizes build, the tiniest are refused by the demo's
+    // three halvings.
+    assert!(built >= 30 && refused >= 2, "built {built}, refused {refused}");
+}
+
 #[test]
 fn sinusoidal_table_golden_values() {
     let t = sinusoidal_table(1000, 128);
