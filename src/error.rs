@@ -44,6 +44,19 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     }
 }
 
+/// Runs `f`, turning a panic inside it (a library that unwraps on bad input) into `Err`
+/// without the panic message on stderr: the caller reports the input as bad in one line.
+#[allow(clippy::result_unit_err)]
+pub fn quiet_catch<T>(f: impl FnOnce() -> T) -> Result<T, ()> {
+    static HOOK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = HOOK.lock().unwrap_or_else(|e| e.into_inner());
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    result.map_err(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,7 +36,10 @@ pub fn write_mu_sigma(path: &Path, mu: &Tensor, sigma: &Tensor) -> Result<()> {
 
 fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
     regular_file(path)?;
-    Ok(Tensor::read_npz(path).map_err(|e| {
+    // tch's reader unwraps some errors of a damaged archive: its panic becomes this error.
+    let read = crate::error::quiet_catch(|| Tensor::read_npz(path))
+        .map_err(|_| UsageError(format!("{}: not an .npz (a damaged zip archive)", path.display())))?;
+    Ok(read.map_err(|e| {
         UsageError(format!("{}: not an .npz ({})", path.display(), e.to_string().lines().next().unwrap_or("")))
     })?)
 }
@@ -56,13 +59,18 @@ fn regular_file(path: &Path) -> Result<()> {
     }
 }
 
-/// Statistics of 2048 Inception features, finite: what a FID is computed from (an empty or NaN
-/// reference would give a number that means nothing).
-fn check_stats(path: &Path, (mu, sigma): (Tensor, Tensor)) -> Result<(Tensor, Tensor)> {
+/// The width of the Inception pool features a FID reference describes.
+pub const FEATURES: i64 = 2048;
+
+/// Gaussian statistics a Fréchet distance can be computed from: `mu [D]`, `sigma [D, D]`
+/// (`D` = `dims` when given), finite (an empty or NaN reference would give a number that means
+/// nothing).
+fn check_stats(path: &Path, (mu, sigma): (Tensor, Tensor), dims: Option<i64>) -> Result<(Tensor, Tensor)> {
     let finite = |t: &Tensor| t.isfinite().all().int64_value(&[]) == 1;
-    if mu.size() != [2048] || sigma.size() != [2048, 2048] {
+    let d = dims.unwrap_or(mu.size().first().copied().unwrap_or(0).max(1));
+    if mu.size() != [d] || sigma.size() != [d, d] {
         bail!(UsageError(format!(
-            "{}: mu is {:?} and sigma {:?}; Inception statistics are mu [2048] and sigma [2048, 2048]",
+            "{}: mu is {:?} and sigma {:?}; statistics of {d} features are mu [{d}] and sigma [{d}, {d}]",
             path.display(),
             mu.size(),
             sigma.size()
@@ -89,7 +97,7 @@ fn check_images(path: &Path, px: Tensor) -> Result<Tensor> {
 /// Reads `mu` and `sigma` from a pytorch-fid statistics file.
 pub fn read_stats(path: &Path) -> Result<(Tensor, Tensor)> {
     match stats_of(&read_npz(path)?) {
-        Some(st) => check_stats(path, st),
+        Some(st) => check_stats(path, st, None),
         None => bail!(UsageError(format!("{}: an .npz of statistics needs 'mu' and 'sigma'", path.display()))),
     }
 }
@@ -107,7 +115,7 @@ pub fn load_reference(path: &Path) -> Result<Reference> {
         let named = read_npz(path)?;
         return Ok(match stats_of(&named) {
             Some(st) => {
-                let (mu, sigma) = check_stats(path, st)?;
+                let (mu, sigma) = check_stats(path, st, Some(FEATURES))?;
                 Reference::Stats(mu, sigma)
             }
             None => Reference::Images(check_images(path, npz_images(path, named)?)?),

@@ -127,6 +127,7 @@ pub fn train(cfg: &Config, opts: TrainOptions) -> Result<()> {
     trainer.announce_graphs();
     if opts.resume && main {
         trainer.resume()?;
+        write_config(cfg)?;
     }
     trainer.broadcast_state()?;
     if let Some(tr) = &trainer.trace {
@@ -167,11 +168,20 @@ fn take_run_dir(cfg: &Config, opts: TrainOptions) -> Result<RunLock> {
     std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create run_dir {}", run_dir.display()))?;
     let lock = RunLock::acquire(run_dir)?;
     run_dir::check_fresh_start(run_dir, opts.resume, opts.overwrite)?;
-    crate::fsutil::write_atomic(&run_dir.join(run_dir::files::CONFIG), cfg.to_yaml().as_bytes())
-        .with_context(|| format!("cannot write into run_dir {}", run_dir.display()))?;
+    // A resumed run's config.yml is rewritten only once the resume is accepted.
+    if !opts.resume {
+        write_config(cfg)?;
+    }
     logging::log_to_file(&run_dir.join(run_dir::files::TRAIN_LOG))?;
     tracing::info!("run directory {}", run_dir.display());
     Ok(lock)
+}
+
+/// The resolved configuration into the run directory's config.yml.
+fn write_config(cfg: &Config) -> Result<()> {
+    let run_dir = &cfg.train.run_dir;
+    crate::fsutil::write_atomic(&run_dir.join(run_dir::files::CONFIG), cfg.to_yaml().as_bytes())
+        .with_context(|| format!("cannot write into run_dir {}", run_dir.display()))
 }
 
 /// The training split, checked against the configuration (its image shape; for a folder,

@@ -14,6 +14,7 @@
 //! | an IDX file with no images, labels outside the classes | refused, naming the data set |
 //! | `--out` / `--save-tensor` at a checkpoint, a symlink or a device | refused; the file is untouched |
 //! | `train.run_dir: /` | refused |
+//! | a `--resume` refused (another network) | refused; the run's `config.yml` is left as it was |
 //! | NaN weights | refused at load, naming the tensor |
 //! | `--save-tensor` of a 3-channel model on the CPU | written (the channels-last output made contiguous) |
 //! | checkpoint metadata describing an enormous image | refused, naming the key |
@@ -250,16 +251,22 @@ fn wrong_evaluation_inputs_and_fid_statistics_are_refused() {
     use ddpm::score::fid;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let stats = |mu: tch::Tensor, sigma: tch::Tensor| {
+    let write = |mu: tch::Tensor, sigma: tch::Tensor| {
         let p = d.join("stats.npz");
         tch::Tensor::write_npz(&[("mu", &mu), ("sigma", &sigma)], &p).unwrap();
-        fid::read_stats(&p).map(|_| ()).unwrap_err().to_string()
+        p
     };
+    let err = |r: anyhow::Result<()>| r.unwrap_err().to_string();
     let f = (tch::Kind::Double, tch::Device::Cpu);
-    let e = stats(tch::Tensor::zeros([10], f), tch::Tensor::eye(10, f));
+    // A --reference of statistics must describe Inception's 2048 features.
+    let p = write(tch::Tensor::zeros([10], f), tch::Tensor::eye(10, f));
+    let e = err(fid::load_reference(&p).map(|_| ()));
     assert!(e.contains("mu [2048]") && e.contains("[10]"), "{e}");
-    let e = stats(tch::Tensor::full([2048], f64::NAN, f), tch::Tensor::eye(2048, f));
-    assert!(e.contains("NaN"), "{e}");
+    let p = write(tch::Tensor::zeros([10], f), tch::Tensor::eye(12, f));
+    let e = err(fid::read_stats(&p).map(|_| ()));
+    assert!(e.contains("[12, 12]"), "{e}");
+    let p = write(tch::Tensor::full([2048], f64::NAN, f), tch::Tensor::eye(2048, f));
+    assert!(err(fid::read_stats(&p).map(|_| ())).contains("NaN"));
     // Samples of the wrong channel count for the data set, and NaN samples.
     common::write_tiny_mnist(&d.join("data"), 32);
     let m = d.join("data/mnist");
@@ -285,4 +292,18 @@ fn wrong_evaluation_inputs_and_fid_statistics_are_refused() {
     )
     .unwrap();
     refused(d, &["eval", "--config", cfg, "--samples", nan.to_str().unwrap(), "--n", "4"], &["NaN"]);
+}
+
+#[test]
+fn a_refused_resume_leaves_the_runs_config_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = trained(d);
+    let before = std::fs::read_to_string(d.join("run/config.yml")).unwrap();
+    refused(d, &["train", "--config", &cfg, "--resume", "--set", "network.channels=[4, 8, 16]"], &["--resume"]);
+    assert_eq!(
+        std::fs::read_to_string(d.join("run/config.yml")).unwrap(),
+        before,
+        "a refused --resume rewrote config.yml"
+    );
 }

@@ -16,6 +16,7 @@ mod eval;
 mod export;
 mod fid;
 mod folder;
+mod fuzz;
 mod gpu_scripts;
 mod hostile;
 mod inspect;

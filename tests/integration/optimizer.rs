@@ -53,6 +53,30 @@ fn resync_weights(a: &nn::VarStore, b: &mut nn::VarStore) {
     b.copy(a).unwrap();
 }
 
+/// `steps` updates of two networks on one batch at the timesteps `t`: both backward, `b` given
+/// `a`'s gradients, `opt(false)` steps both optimizers (`opt(true)` drops their gradients
+/// first), the weights compared after each step, then `b` given `a`'s weights again.
+fn lockstep(
+    steps: usize,
+    (vs_a, net_a): (&nn::VarStore, &dyn Denoiser),
+    (vs_b, net_b): (&mut nn::VarStore, &dyn Denoiser),
+    t: &Tensor,
+    what: &str,
+    mut opt: impl FnMut(bool),
+) {
+    let xs = Tensor::randn([t.size()[0], 1, 28, 28], (Kind::Float, Device::Cpu));
+    for step in 1..=steps {
+        opt(true);
+        net_a.forward(&xs, t, None).square().mean(Kind::Float).backward();
+        net_b.forward(&xs, t, None).square().mean(Kind::Float).backward();
+        share_gradients(vs_a, vs_b);
+        opt(false);
+        let d = max_diff(vs_a, vs_b);
+        assert!(d < 1e-6, "{what} weights differ by {d} after step {step}");
+        resync_weights(vs_a, vs_b);
+    }
+}
+
 /// The settings every comparison runs: Adam without and with (coupled, L2) weight decay, AdamW
 /// without and with decoupled decay.
 const SETTINGS: [(bool, f64); 4] = [(false, 0.0), (false, 0.01), (true, 0.0), (true, 0.05)];
@@ -158,20 +182,18 @@ fn adam_matches_libtorch_adam_and_adamw() {
         } else {
             nn::Adam { wd, ..Default::default() }.build(&vs_b, 1e-2).unwrap()
         };
-        let xs = Tensor::randn([4, 1, 28, 28], (Kind::Float, Device::Cpu));
         let t = Tensor::from_slice(&[1i64, 5, 9, 19]);
-        for step in 1..=5 {
-            ours.zero_grad();
-            theirs.zero_grad();
-            net_a.forward(&xs, &t, None).square().mean(Kind::Float).backward();
-            net_b.forward(&xs, &t, None).square().mean(Kind::Float).backward();
-            share_gradients(&vs_a, &vs_b);
-            ours.step();
-            theirs.step();
-            let d = max_diff(&vs_a, &vs_b);
-            assert!(d < 1e-6, "decoupled={decoupled} wd={wd}: weights differ by {d} after step {step}");
-            resync_weights(&vs_a, &mut vs_b);
-        }
+        let what = format!("decoupled={decoupled} wd={wd}: ours and libtorch's");
+        lockstep(5, (&vs_a, net_a.as_ref()), (&mut vs_b, net_b.as_ref()), &t, &what, |zero| match zero {
+            true => {
+                ours.zero_grad();
+                theirs.zero_grad();
+            }
+            false => {
+                ours.step();
+                theirs.step();
+            }
+        });
         assert_eq!(ours.step, 5);
     }
 }
@@ -193,23 +215,18 @@ fn fused_adam_equals_the_per_tensor_update_and_skips_parameters_without_gradient
         let cfg = AdamConfig { weight_decay: wd, decoupled, ..Default::default() };
         let mut fused = Adam::new(&vs_a, 1e-2, AdamConfig { fused: true, ..cfg });
         let mut plain = Adam::new(&vs_b, 1e-2, AdamConfig { fused: false, ..cfg });
-        let xs = Tensor::randn([4, 1, 28, 28], (Kind::Float, Device::Cpu));
         let t = Tensor::from_slice(&[0i64, 4, 11, 19]);
-        for step in 1..=6 {
-            fused.zero_grad();
-            plain.zero_grad();
-            net_a.forward(&xs, &t, None).square().mean(Kind::Float).backward();
-            net_b.forward(&xs, &t, None).square().mean(Kind::Float).backward();
-            share_gradients(&vs_a, &vs_b);
-            fused.step();
-            plain.step();
-            let d = max_diff(&vs_a, &vs_b);
-            assert!(
-                d < 1e-6,
-                "decoupled={decoupled} wd={wd}: fused and per-tensor weights differ by {d} after step {step}"
-            );
-            resync_weights(&vs_a, &mut vs_b);
-        }
+        let what = format!("decoupled={decoupled} wd={wd}: fused and per-tensor");
+        lockstep(6, (&vs_a, net_a.as_ref()), (&mut vs_b, net_b.as_ref()), &t, &what, |zero| match zero {
+            true => {
+                fused.zero_grad();
+                plain.zero_grad();
+            }
+            false => {
+                fused.step();
+                plain.step();
+            }
+        });
         assert!(fused.is_fused(), "the fused kernel fell back on the CPU");
         assert!(!plain.is_fused());
         let moved = (&unused_a - &before).abs().max().double_value(&[]);
