@@ -167,6 +167,7 @@ fn take_run_dir(cfg: &Config, opts: TrainOptions) -> Result<RunLock> {
     }
     std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create run_dir {}", run_dir.display()))?;
     let lock = RunLock::acquire(run_dir)?;
+    state::recover_latest(run_dir)?;
     run_dir::check_fresh_start(run_dir, opts.resume, opts.overwrite)?;
     // A resumed run's config.yml is rewritten only once the resume is accepted.
     if !opts.resume {

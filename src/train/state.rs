@@ -36,20 +36,47 @@ impl Trainer<'_> {
             targets.push(checkpoint::epoch_path(&self.run_dir, self.pos.epoch));
         }
         for path in &targets {
-            // Companions first, weights last: a complete weights file implies its companions.
-            if *path == latest {
-                self.save_state(&checkpoint::companion(path, "state"))?;
+            match *path == latest {
+                true => self.save_latest()?,
+                // Companions first, weights last: a complete weights file implies its companions.
+                false => self.save_trio(path, false)?,
             }
-            if let Some((_, averaged)) = &self.learner.ema {
-                checkpoint::save(&averaged.vs, &self.info, &checkpoint::companion(path, "ema"))?;
-            }
-            checkpoint::save(&self.learner.model.vs, &self.info, path)?;
         }
         if end_of_epoch {
             checkpoint::rotate(&self.run_dir, self.cfg.train.keep_checkpoints as usize)?;
         }
         tracing::info!("saved checkpoint {} (epoch {}, step {})", latest.display(), self.pos.epoch, self.pos.step);
         Ok(())
+    }
+
+    /// The weights at `path` with the EMA (and, with `state`, the training state) beside them.
+    fn save_trio(&self, path: &Path, state: bool) -> Result<()> {
+        if state {
+            self.save_state(&checkpoint::companion(path, "state"))?;
+        }
+        if let Some((_, averaged)) = &self.learner.ema {
+            checkpoint::save(&averaged.vs, &self.info, &checkpoint::companion(path, "ema"))?;
+        }
+        checkpoint::save(&self.learner.model.vs, &self.info, path)
+    }
+
+    /// `latest` (weights, EMA, training state) as one unit: the three are written into
+    /// `checkpoints/.next/`, a marker says they are complete, and only then are they renamed
+    /// over the old ones. A process killed before the marker leaves the old trio whole; one
+    /// killed after it leaves the new trio in `.next/` and [`recover_latest`] finishes the
+    /// renames before the next run reads it. Either way `--resume` finds one step's trio.
+    fn save_latest(&self) -> Result<()> {
+        let latest = checkpoint::latest_path(&self.run_dir);
+        let next = next_dir(&self.run_dir);
+        if next.exists() {
+            std::fs::remove_dir_all(&next).with_context(|| format!("removing {}", next.display()))?;
+        }
+        std::fs::create_dir_all(&next).with_context(|| format!("creating {}", next.display()))?;
+        let staged = next.join(latest.file_name().unwrap_or_default());
+        self.save_trio(&staged, true)?;
+        abort_for_tests("staged");
+        crate::fsutil::write_atomic(&next.join(COMPLETE), b"")?;
+        commit_next(&self.run_dir)
     }
 
     fn save_state(&self, path: &Path) -> Result<()> {
@@ -165,4 +192,55 @@ fn read_curve(run_dir: &Path, step: i64) -> Result<Vec<(i64, f64)>> {
     }
     crate::fsutil::write_atomic(&path, kept.as_bytes())?;
     Ok(curve)
+}
+
+/// The staging folder of the `latest` trio, and its marker of a complete save.
+fn next_dir(run_dir: &Path) -> std::path::PathBuf {
+    checkpoint::checkpoint_dir(run_dir).join(".next")
+}
+const COMPLETE: &str = "COMPLETE";
+
+/// Moves a complete staged trio over `latest` (the state first, the weights last) and removes
+/// the staging folder.
+fn commit_next(run_dir: &Path) -> Result<()> {
+    let (next, dir) = (next_dir(run_dir), checkpoint::checkpoint_dir(run_dir));
+    let latest = checkpoint::latest_path(run_dir);
+    let name = |p: &Path| p.file_name().unwrap_or_default().to_owned();
+    let files = [checkpoint::companion(&latest, "state"), checkpoint::companion(&latest, "ema"), latest.clone()];
+    for (i, f) in files.iter().enumerate() {
+        let staged = next.join(name(f));
+        if staged.exists() {
+            std::fs::rename(&staged, dir.join(name(f))).with_context(|| format!("renaming {}", staged.display()))?;
+            if i == 0 {
+                abort_for_tests("committing");
+            }
+        }
+    }
+    crate::fsutil::sync_dir(&latest);
+    std::fs::remove_dir_all(&next).with_context(|| format!("removing {}", next.display()))
+}
+
+/// Finishes or drops a `latest` save that a killed process left in `checkpoints/.next/`:
+/// complete (its marker written) it is committed, else it is removed and the previous trio,
+/// untouched, stays. Called by `ddpm train` while it holds the run directory's lock.
+pub fn recover_latest(run_dir: &Path) -> Result<()> {
+    let next = next_dir(run_dir);
+    if !next.exists() {
+        return Ok(());
+    }
+    if next.join(COMPLETE).exists() {
+        tracing::warn!("finishing a checkpoint save that was interrupted ({})", next.display());
+        commit_next(run_dir)
+    } else {
+        tracing::warn!("removing an incomplete checkpoint save ({}); the previous checkpoint stays", next.display());
+        std::fs::remove_dir_all(&next).with_context(|| format!("removing {}", next.display()))
+    }
+}
+
+/// `DDPM_TEST_ABORT_SAVE=staged|committing`: the process dies at that point of a `latest`
+/// save, as a SIGKILL would (for the tests of [`recover_latest`]).
+fn abort_for_tests(point: &str) {
+    if std::env::var("DDPM_TEST_ABORT_SAVE").is_ok_and(|v| v == point) {
+        std::process::abort();
+    }
 }

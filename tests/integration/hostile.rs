@@ -14,6 +14,7 @@
 //! | an IDX file with no images, labels outside the classes | refused, naming the data set |
 //! | `--out` / `--save-tensor` at a checkpoint, a symlink or a device | refused; the file is untouched |
 //! | `train.run_dir: /` | refused |
+//! | a SIGKILL inside a checkpoint save | the run resumes from one step's trio (the old or the new) and ends as an uninterrupted one |
 //! | a `--resume` refused (another network) | refused; the run's `config.yml` is left as it was |
 //! | NaN weights | refused at load, naming the tensor |
 //! | `--save-tensor` of a 3-channel model on the CPU | written (the channels-last output made contiguous) |
@@ -306,4 +307,41 @@ fn a_refused_resume_leaves_the_runs_config_as_it_was() {
         before,
         "a refused --resume rewrote config.yml"
     );
+}
+
+#[test]
+fn a_kill_inside_a_checkpoint_save_leaves_a_resumable_run() {
+    let train = |d: &Path, args: &[&str], abort: Option<&str>| {
+        let cfg = d.join("tiny.yml");
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ddpm"));
+        c.args(["train", "--config", cfg.to_str().unwrap()]).args(args).current_dir(d).env_remove("RUST_BACKTRACE");
+        if let Some(point) = abort {
+            c.env("DDPM_TEST_ABORT_SAVE", point);
+        }
+        c.output().unwrap()
+    };
+    let weights = |d: &Path| common::tensors(&d.join("run/checkpoints/latest.safetensors"));
+    let uninterrupted = tempfile::tempdir().unwrap();
+    common::write_tiny_mnist(&uninterrupted.path().join("data"), 32);
+    common::tiny_config(uninterrupted.path());
+    assert!(train(uninterrupted.path(), &["--epochs", "2"], None).status.success());
+    for point in ["staged", "committing"] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        common::write_tiny_mnist(&d.join("data"), 32);
+        common::tiny_config(d);
+        assert!(train(d, &["--epochs", "1"], None).status.success());
+        // Killed inside the save at the end of epoch 2: the old trio is whole (staged) or the
+        // new one is complete in checkpoints/.next (committing, the state already renamed).
+        let o = train(d, &["--resume", "--epochs", "2"], Some(point));
+        assert_eq!(o.status.code(), None, "{point}: the save was not killed: {}", common::stderr(&o));
+        let o = train(d, &["--resume", "--epochs", "2"], None);
+        assert!(o.status.success(), "{point}: the run does not resume: {}", common::stderr(&o));
+        let err = common::stderr(&o);
+        let said =
+            if point == "staged" { "removing an incomplete checkpoint save" } else { "finishing a checkpoint save" };
+        assert!(err.contains(said), "{point}: {err}");
+        assert!(!d.join("run/checkpoints/.next").exists());
+        assert_eq!(weights(d), weights(uninterrupted.path()), "{point}: the resumed run ends elsewhere");
+    }
 }
