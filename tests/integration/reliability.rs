@@ -179,8 +179,11 @@ fn sigkill_during_a_save_keeps_the_previous_checkpoint() {
     let ck = d.join("run/checkpoints");
     let start = Instant::now();
     loop {
-        let tmp = std::fs::read_dir(&ck)
-            .unwrap()
+        // The latest trio is staged in checkpoints/.next/, the epoch checkpoints beside it.
+        let tmp = [ck.clone(), ck.join(".next")]
+            .iter()
+            .filter_map(|dir| std::fs::read_dir(dir).ok())
+            .flatten()
             .filter_map(|e| e.ok())
             .any(|e| e.file_name().to_string_lossy().contains(".tmp-"));
         if tmp {
