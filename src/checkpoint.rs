@@ -333,19 +333,27 @@ pub fn load_model(
     Ok(LoadedModel { model, info, ema })
 }
 
-/// Refuses weights that are NaN or infinite (a diverged run saved by hand, a corrupted file):
-/// they would draw NaN pictures without a word.
-fn check_finite(path: &Path, vs: &nn::VarStore) -> Result<()> {
+/// The names of the variables of `vs` holding NaN or infinite values, sorted: what a save
+/// refuses to write and a load refuses to sample.
+pub fn non_finite(vs: &nn::VarStore) -> Vec<String> {
+    let _guard = tch::no_grad_guard();
     let mut bad: Vec<String> = vs
         .variables()
         .into_iter()
         .filter(|(_, t)| t.is_floating_point() && t.isfinite().all().int64_value(&[]) == 0)
         .map(|(k, _)| k)
         .collect();
+    bad.sort();
+    bad
+}
+
+/// Refuses weights that are NaN or infinite (a diverged run saved by hand, a corrupted file):
+/// they would draw NaN pictures without a word.
+fn check_finite(path: &Path, vs: &nn::VarStore) -> Result<()> {
+    let bad = non_finite(vs);
     if bad.is_empty() {
         return Ok(());
     }
-    bad.sort();
     bail!(crate::error::UsageError(format!(
         "{}: {} weight tensor(s) hold NaN or infinite values (first: {}); the run diverged or the file is damaged: \
          sample an earlier checkpoint",

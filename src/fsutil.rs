@@ -89,16 +89,23 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
+/// The metadata of `path` when it is a regular file (links followed); an error that says what
+/// it is otherwise (a folder, a device, a FIFO, a socket), before anything reads it.
+pub fn check_regular(path: &Path) -> std::io::Result<std::fs::Metadata> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() { "a folder" } else { "not a regular file (a device, FIFO or socket)" };
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("it is {kind}")));
+    }
+    Ok(meta)
+}
+
 /// Reads a regular file of at most `limit` bytes. A device, FIFO, socket or folder (say
 /// `/dev/zero`, which never ends) is refused before a byte is read, and a file that grows past
 /// the limit while it is read is refused too, so no input can make a read endless or unbounded.
 pub fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Error, ErrorKind, Read};
-    let meta = std::fs::metadata(path)?;
-    if !meta.is_file() {
-        let kind = if meta.is_dir() { "a folder" } else { "not a regular file (a device, FIFO or socket)" };
-        return Err(Error::new(ErrorKind::InvalidInput, format!("it is {kind}")));
-    }
+    let meta = check_regular(path)?;
     let too_big = || Error::new(ErrorKind::InvalidInput, format!("it is larger than {} MB", limit / 1_000_000));
     if meta.len() > limit {
         return Err(too_big());

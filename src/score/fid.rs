@@ -53,8 +53,8 @@ fn stats_of(named: &[(String, Tensor)]) -> Option<(Tensor, Tensor)> {
 /// Refuses what is not a regular file before a reader blocks on a FIFO or reads a device
 /// without end.
 fn regular_file(path: &Path) -> Result<()> {
-    match std::fs::metadata(path) {
-        Ok(m) if !m.is_file() => bail!(UsageError(format!("{}: not a regular file", path.display()))),
+    match crate::fsutil::check_regular(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => bail!(UsageError(format!("{}: {e}", path.display()))),
         _ => Ok(()),
     }
 }

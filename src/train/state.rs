@@ -19,9 +19,7 @@ impl Trainer<'_> {
         if !self.is_main() {
             return Ok(());
         }
-        let vs = &self.learner.model.vs;
-        let finite = tch::no_grad(|| vs.trainable_variables().iter().all(|t| t.isfinite().all().int64_value(&[]) == 1));
-        if !finite {
+        if !checkpoint::non_finite(&self.learner.model.vs).is_empty() {
             bail!(
                 "the weights contain NaN or infinity at step {}; not saving them. The last good checkpoint is {}",
                 self.pos.step,

@@ -89,6 +89,13 @@ fn endless_and_special_files_are_refused_as_config_and_checkpoint() {
     refused(d, &["info", "/dev/zero"], &["/dev/zero", "not a regular file"]);
     refused(d, &["sample", "--checkpoint", "/dev/zero"], &["/dev/zero", "not a regular file"]);
     refused(d, &["train", "--config", d.to_str().unwrap()], &["a folder"]);
+    // A file that lies about being a config: binary, or far larger than any config.
+    let binary = d.join("binary.yml");
+    std::fs::write(&binary, [b'a', b':', b' ', 0xff, 0xfe, b'\n']).unwrap();
+    refused(d, &["train", "--config", binary.to_str().unwrap()], &["binary.yml", "not UTF-8 text (byte 3)"]);
+    let huge = d.join("huge.yml");
+    std::fs::write(&huge, "# padding\n".repeat(500_000)).unwrap();
+    refused(d, &["train", "--config", huge.to_str().unwrap()], &["huge.yml", "larger than 4 MB"]);
     assert!(start.elapsed() < Duration::from_secs(60), "refusing took {:?}", start.elapsed());
 }
 
