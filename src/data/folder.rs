@@ -1,6 +1,6 @@
 //! `dataset.name: folder`: the pictures under `dataset.path` (searched recursively), decoded
-//! once in parallel, converted to `dataset.channels`, resized to `dataset.image_size` as
-//! `dataset.resize` says, and cached as `u8 [N, C, H, W]` under `dataset.root/folder-cache/`,
+//! once in parallel, composited onto `dataset.background` where transparent, converted to
+//! `dataset.channels`, resized to `dataset.image_size` as `dataset.resize` says, and cached as `u8 [N, C, H, W]` under `dataset.root/folder-cache/`,
 //! keyed by the file list (names, sizes, modification times) and those settings, so a second
 //! run reads memory at once. Labels are the first-level subfolder names, sorted, when every
 //! picture lies in one; otherwise the set is unconditional. `dataset.eval_split` holds out a
@@ -8,12 +8,12 @@
 //! reshuffle the others) for `ddpm eval`.
 
 pub use super::walk::{list, EXTENSIONS};
-use super::{DatasetConfig, ImageDataset, Split};
+use super::{Background, DatasetConfig, ImageDataset, Split};
 use crate::error::UsageError;
 use crate::fsutil::fnv1a;
 use anyhow::{bail, Context, Result};
 use image::imageops::FilterType;
-use image::{ImageBuffer, Pixel};
+use image::{DynamicImage, ImageBuffer, Luma, Pixel, Rgb};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tch::{Kind, Tensor};
@@ -23,7 +23,7 @@ crate::choice! {
     pub enum Resize {
         /// Shorter side resized to fit, then the middle cut out.
         CenterCrop = "center-crop" | "crop",
-        /// Longer side resized to fit, then black borders.
+        /// Longer side resized to fit, then borders in `dataset.background`.
         Pad = "pad",
         /// Both sides resized, the aspect ratio lost.
         Stretch = "stretch",
@@ -63,7 +63,8 @@ pub fn load(cfg: &DatasetConfig, split: Split) -> Result<(ImageDataset, LoadStat
         )));
     }
     let [c, h, w] = cfg.image_shape();
-    let key = cache_key(&dir, &files, [c, h, w], cfg.resize)?;
+    let look = Look { shape: [c, h, w], resize: cfg.resize, background: cfg.background };
+    let key = cache_key(&dir, &files, look)?;
     let stem = dir.file_name().map(|s| s.to_string_lossy().replace(|ch: char| !ch.is_alphanumeric(), "_"));
     let cache = cfg.root.join("folder-cache").join(format!("{}-{key:016x}", stem.unwrap_or_default()));
     let mut stats = LoadStats { ignored, cache: cache.with_extension("safetensors"), ..Default::default() };
@@ -73,7 +74,7 @@ pub fn load(cfg: &DatasetConfig, split: Split) -> Result<(ImageDataset, LoadStat
             hit
         }
         None => {
-            let (images, kept, skipped) = decode_all(&dir, &files, [c, h, w], cfg.resize)?;
+            let (images, kept, skipped) = decode_all(&dir, &files, look)?;
             stats.decoded = kept.len();
             write_cache(&cache, &images, &kept, &skipped)?;
             (images, kept, skipped)
@@ -159,8 +160,17 @@ pub fn is_held_out(rel: &str, share: f64) -> bool {
     share > 0.0 && (fnv1a(rel.as_bytes()) % 1_000_000) < (share * 1e6) as u64
 }
 
-fn cache_key(dir: &Path, files: &[String], shape: [i64; 3], resize: Resize) -> Result<u64> {
-    let mut text = format!("ddpm-folder-cache v1 {shape:?} {}\n", resize.as_str());
+/// What a decoded picture looks like: its `[C, H, W]`, how it was fitted and what shows
+/// through its transparent pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Look {
+    pub shape: [i64; 3],
+    pub resize: Resize,
+    pub background: Background,
+}
+
+fn cache_key(dir: &Path, files: &[String], look: Look) -> Result<u64> {
+    let mut text = format!("ddpm-folder-cache v2 {:?} {} {}\n", look.shape, look.resize.as_str(), look.background);
     for f in files {
         let meta = std::fs::metadata(dir.join(f)).with_context(|| format!("cannot read {}", dir.join(f).display()))?;
         let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
@@ -201,8 +211,8 @@ fn write_cache(stem: &Path, images: &Tensor, kept: &[String], skipped: &[(String
 }
 
 /// Decodes every file on all cores with a progress bar.
-fn decode_all(dir: &Path, files: &[String], shape: [i64; 3], resize: Resize) -> Result<Decoded> {
-    let [c, h, w] = shape;
+fn decode_all(dir: &Path, files: &[String], look: Look) -> Result<Decoded> {
+    let [c, h, w] = look.shape;
     let bar = crate::logging::progress_bar(files.len() as u64, "decoding [{bar:30}] {pos}/{len} pictures ETA {eta}");
     let next = AtomicUsize::new(0);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len()).max(1);
@@ -217,7 +227,7 @@ fn decode_all(dir: &Path, files: &[String], shape: [i64; 3], resize: Resize) -> 
                         if i >= files.len() {
                             break;
                         }
-                        out.push((i, decode(&dir.join(&files[i]), [c, h, w], resize)));
+                        out.push((i, decode(&dir.join(&files[i]), look)));
                         bar.inc(1);
                     }
                     out
@@ -255,7 +265,7 @@ pub const MAX_SIDE: u32 = 16384;
 pub const MAX_DECODED_BYTES: u64 = 512 << 20;
 
 /// One picture as `u8 [C, H, W]` bytes.
-pub fn decode(path: &Path, shape: [i64; 3], resize: Resize) -> std::result::Result<Vec<u8>, String> {
+pub fn decode(path: &Path, look: Look) -> std::result::Result<Vec<u8>, String> {
     let mut reader =
         image::ImageReader::open(path).map_err(|e| e.to_string())?.with_guessed_format().map_err(|e| e.to_string())?;
     // A small file can describe a huge picture (a decompression bomb): refuse what would not
@@ -265,16 +275,21 @@ pub fn decode(path: &Path, shape: [i64; 3], resize: Resize) -> std::result::Resu
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_DECODED_BYTES);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| e.to_string())?;
-    let [c, h, w] = shape;
+    let mut img = reader.decode().map_err(|e| e.to_string())?;
+    if img.color().has_alpha() {
+        img = DynamicImage::ImageRgb8(look.background.flatten(&img));
+    }
+    let ([c, h, w], bg) = (look.shape, look.background);
+    let (h, w) = (h as u32, w as u32);
     Ok(match c {
-        1 => planar(&fit(&img.to_luma8(), h as u32, w as u32, resize)),
-        _ => planar(&fit(&img.to_rgb8(), h as u32, w as u32, resize)),
+        1 => planar(&fit(&img.to_luma8(), h, w, look.resize, Luma([bg.luma()]))),
+        _ => planar(&fit(&img.to_rgb8(), h, w, look.resize, Rgb(bg.0))),
     })
 }
 
-/// Resizes (Catmull-Rom, which also filters when shrinking) to `h x w` as `resize` says.
-fn fit<P>(img: &ImageBuffer<P, Vec<u8>>, h: u32, w: u32, resize: Resize) -> ImageBuffer<P, Vec<u8>>
+/// Resizes (Catmull-Rom, which also filters when shrinking) to `h x w` as `resize` says;
+/// `pad`'s borders are `fill`.
+fn fit<P>(img: &ImageBuffer<P, Vec<u8>>, h: u32, w: u32, resize: Resize, fill: P) -> ImageBuffer<P, Vec<u8>>
 where
     P: Pixel<Subpixel = u8> + 'static,
 {
@@ -295,7 +310,7 @@ where
             let s = (w as f64 / w0 as f64).min(h as f64 / h0 as f64);
             let (rw, rh) = (((w0 as f64 * s).round() as u32).clamp(1, w), ((h0 as f64 * s).round() as u32).clamp(1, h));
             let small = image::imageops::resize(img, rw, rh, filter);
-            let mut out = ImageBuffer::<P, Vec<u8>>::new(w, h);
+            let mut out = ImageBuffer::<P, Vec<u8>>::from_pixel(w, h, fill);
             image::imageops::replace(&mut out, &small, ((w - rw) / 2) as i64, ((h - rh) / 2) as i64);
             out
         }

@@ -1,11 +1,14 @@
 //! Datasets held in memory as `u8 [N, C, H, W]` images with `i64 [N]` labels; the conversion
 //! to float in [-1, 1] happens per batch on the training device.
 
+mod background;
 pub mod cifar;
 pub mod download;
 pub mod folder;
 pub mod idx;
 mod walk;
+
+pub use background::Background;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -72,6 +75,9 @@ pub struct DatasetConfig {
     pub channels: i64,
     /// `folder`: `center-crop`, `pad` or `stretch`.
     pub resize: folder::Resize,
+    /// `folder`: what shows through transparent pixels (and fills `pad`'s borders): `white`,
+    /// `black`, `gray` or `#rrggbb`.
+    pub background: Background,
     /// `folder`: the share of pictures held out of training for `ddpm eval` (0: none, and eval
     /// compares with the training pictures).
     pub eval_split: f64,
@@ -87,6 +93,7 @@ impl Default for DatasetConfig {
             image_size: ImageSize::Square(64),
             channels: 3,
             resize: folder::Resize::CenterCrop,
+            background: Background::WHITE,
             eval_split: 0.0,
         }
     }
@@ -95,16 +102,18 @@ impl Default for DatasetConfig {
 impl DatasetConfig {
     /// The name under which what is derived from this data set is cached beside it (the CNN
     /// metric's classifier, the FID reference statistics): the data set's name, and for a
-    /// folder `folder-<its name>-<digest of its path, picture shape, resize and eval split>`,
+    /// folder `folder-<its name>-<digest of its path, picture shape, resize, background and
+    /// eval split>`,
     /// so that two folders of the same name never share a cache.
     pub fn cache_name(&self) -> String {
         match self.name {
             DatasetName::Folder => {
                 let key = format!(
-                    "{}|{:?}|{}|{}",
+                    "{}|{:?}|{}|{}|{}",
                     self.path.display(),
                     self.image_shape(),
                     self.resize.as_str(),
+                    self.background,
                     self.eval_split
                 );
                 let stem = self.path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();

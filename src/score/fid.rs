@@ -161,7 +161,7 @@ pub fn read_sample_tensor(path: &Path) -> Result<Tensor> {
 }
 
 /// uint8 images `[N, C, H, W]` from a ddpm sample tensor, an `.npz` (`arr_0`, NHWC) or a
-/// folder of pictures.
+/// folder of pictures (transparent ones on white).
 pub fn load_images(path: &Path) -> Result<Tensor> {
     if path.is_dir() {
         let (files, _) = folder::list(path)?;
@@ -174,7 +174,9 @@ pub fn load_images(path: &Path) -> Result<Tensor> {
         let c = if probe.color().has_color() { 3 } else { 1 };
         let mut bytes = Vec::with_capacity(files.len() * (c * h * w) as usize);
         for f in &files {
-            let b = folder::decode(&path.join(f), [c, h, w], folder::Resize::Stretch)
+            let look =
+                folder::Look { shape: [c, h, w], resize: folder::Resize::Stretch, background: Default::default() };
+            let b = folder::decode(&path.join(f), look)
                 .map_err(|e| UsageError(format!("{}: {e}", path.join(f).display())))?;
             bytes.extend_from_slice(&b);
         }

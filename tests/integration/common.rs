@@ -114,6 +114,15 @@ pub fn real_datasets() -> Option<PathBuf> {
     }
 }
 
+/// The emoji folder data set, as `scripts/setup.sh --data emoji` lays it out under `data/emoji`.
+pub fn emoji() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/emoji");
+    match p.join("ATTRIBUTION.txt").exists() {
+        true => Some(p),
+        false => missing("the emoji pictures (data/emoji)", "run scripts/setup.sh --data emoji"),
+    }
+}
+
 /// The project's venv Python (with torch and safetensors).
 pub fn venv_python() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");

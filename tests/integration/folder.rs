@@ -6,7 +6,7 @@
 use crate::common;
 
 use ddpm::data::folder::{self, Resize};
-use ddpm::data::{DatasetConfig, DatasetName, ImageSize, Split};
+use ddpm::data::{Background, DatasetConfig, DatasetName, ImageSize, Split};
 use image::{GrayImage, ImageBuffer, Luma, Rgb, RgbImage, Rgba, RgbaImage};
 use std::path::Path;
 use tch::Tensor;
@@ -58,41 +58,6 @@ fn folder_of_mnist_pngs_reads_like_the_idx_files() {
     assert_eq!(Vec::<i64>::try_from(&ds.labels).unwrap(), order.iter().map(|&i| labels[i]).collect::<Vec<_>>());
 }
 
-/// A 20x20 palette PNG (colour type 3) whose every pixel is palette entry 1, written by hand
-/// (the image crate does not write palette PNGs).
-fn palette_png(path: &Path, colour: [u8; 3]) {
-    fn crc(data: &[u8]) -> u32 {
-        let mut c = !0u32;
-        for &b in data {
-            c ^= b as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 { (c >> 1) ^ 0xEDB8_8320 } else { c >> 1 };
-            }
-        }
-        !c
-    }
-    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        let mut body = kind.to_vec();
-        body.extend_from_slice(data);
-        out.extend_from_slice(&body);
-        out.extend_from_slice(&crc(&body).to_be_bytes());
-    }
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&20u32.to_be_bytes());
-    ihdr.extend_from_slice(&20u32.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 3, 0, 0, 0]);
-    let rows: Vec<u8> = (0..20).flat_map(|_| std::iter::once(0u8).chain(std::iter::repeat_n(1u8, 20))).collect();
-    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-    std::io::Write::write_all(&mut z, &rows).unwrap();
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    chunk(&mut png, b"IHDR", &ihdr);
-    chunk(&mut png, b"PLTE", &[0, 0, 0, colour[0], colour[1], colour[2]]);
-    chunk(&mut png, b"IDAT", &z.finish().unwrap());
-    chunk(&mut png, b"IEND", &[]);
-    std::fs::write(path, png).unwrap();
-}
-
 /// Writes one picture of each kind (all 20x20) plus a corrupt one and a text file.
 fn write_mixed(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
@@ -106,7 +71,7 @@ fn write_mixed(dir: &Path) {
     RgbImage::from_pixel(20, 20, Rgb([10, 20, 30])).save(dir.join("f_bmp.bmp")).unwrap();
     // GIF is a palette format.
     RgbaImage::from_pixel(20, 20, Rgba([255, 255, 0, 255])).save(dir.join("g_palette.gif")).unwrap();
-    palette_png(&dir.join("g_palette2.png"), [7, 77, 177]);
+    crate::transparent::palette_png(&dir.join("g_palette2.png"), [7, 77, 177], None);
     std::fs::write(dir.join("h_corrupt.png"), b"\x89PNG\r\n\x1a\nthis is not a picture").unwrap();
     std::fs::write(dir.join("notes.txt"), b"not a picture").unwrap();
 }
@@ -126,7 +91,7 @@ fn every_picture_kind_is_read_converted_and_counted() {
     // The middle pixel of each (constant pictures stay constant through the resize).
     let px = |i: i64| -> Vec<u8> { bytes(&ds.images.get(i).select(1, 8).select(1, 8)) };
     assert_eq!(px(0), [255, 0, 0]);
-    assert_eq!(px(1), [0, 255, 0], "alpha dropped");
+    assert_eq!(px(1), [215, 255, 215], "alpha 40 of 255 over white");
     assert_eq!(px(2), [128, 128, 128], "gray expanded");
     assert_eq!(px(3), [255, 0, 255], "16 bits scaled to 8");
     let blue = px(4);
@@ -148,17 +113,19 @@ fn resize_modes_crop_pad_and_stretch() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("wide.png");
     img.save(&p).unwrap();
-    let shape = [1, 20, 20];
+    let look = |resize, background| folder::Look { shape: [1, 20, 20], resize, background };
     let at = |v: &[u8], y: usize, x: usize| v[y * 20 + x];
     // Crop: no scaling (the height fits), the middle 20 columns are all black.
-    let crop = folder::decode(&p, shape, Resize::CenterCrop).unwrap();
+    let crop = folder::decode(&p, look(Resize::CenterCrop, Background::WHITE)).unwrap();
     assert_eq!(crop.iter().map(|&v| v as u32).sum::<u32>(), 0);
-    // Pad: scaled to 20x10 and centred: black bands above and below, white at the left.
-    let pad = folder::decode(&p, shape, Resize::Pad).unwrap();
+    // Pad: scaled to 20x10 and centred: bands of the background above and below, white at the left.
+    let pad = folder::decode(&p, look(Resize::Pad, Background::BLACK)).unwrap();
     assert!((0..5).all(|y| (0..20).all(|x| at(&pad, y, x) == 0)) && (15..20).all(|y| at(&pad, y, 3) == 0));
     assert!(at(&pad, 10, 1) > 240 && at(&pad, 10, 15) < 10);
+    let grey_pad = folder::decode(&p, look(Resize::Pad, Background::GRAY)).unwrap();
+    assert!((0..5).all(|y| (0..20).all(|x| at(&grey_pad, y, x) == 128)) && at(&grey_pad, 10, 15) < 10);
     // Stretch: the white quarter is 5 columns wide, full height.
-    let st = folder::decode(&p, shape, Resize::Stretch).unwrap();
+    let st = folder::decode(&p, look(Resize::Stretch, Background::WHITE)).unwrap();
     assert!(at(&st, 0, 1) > 240 && at(&st, 19, 2) > 240 && at(&st, 10, 12) < 10);
 }
 

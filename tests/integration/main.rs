@@ -28,4 +28,5 @@ mod precision;
 mod recipe;
 mod reliability;
 mod solvers;
+mod transparent;
 mod unet;
