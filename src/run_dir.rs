@@ -43,22 +43,43 @@ fn alive(pid: u32) -> bool {
 
 impl RunLock {
     pub fn acquire(run_dir: &Path) -> Result<Self> {
-        let path = run_dir.join(".lock");
+        let lock = Self::take(run_dir, |pid, path| {
+            format!(
+                "run_dir {} is in use by a live run (pid {pid}, lock file {}); wait for it, stop it, or pick another train.run_dir",
+                run_dir.display(),
+                path.display()
+            )
+        })?;
+        crate::fsutil::remove_stale_temps(run_dir);
+        crate::fsutil::remove_stale_temps(&checkpoint::checkpoint_dir(run_dir));
+        Ok(lock)
+    }
+
+    /// The lock of an export's folder (`out` is what the user named), so that two exports
+    /// cannot write into one at once.
+    pub fn acquire_export(dir: &Path, out: &Path) -> Result<Self> {
+        Self::take(dir, |pid, path| {
+            format!(
+                "{} is being exported by a live process (pid {pid}, lock file {}); wait for it, stop it, or choose another --out",
+                out.display(),
+                path.display()
+            )
+        })
+    }
+
+    fn take(dir: &Path, busy: impl Fn(u32, &Path) -> String) -> Result<Self> {
+        let path = dir.join(".lock");
         if let Ok(text) = std::fs::read_to_string(&path) {
             match text.trim().parse::<u32>() {
-                Ok(pid) if pid != std::process::id() && alive(pid) => bail!(UsageError(format!(
-                    "run_dir {} is in use by a live run (pid {pid}, lock file {}); wait for it, stop it, or pick another train.run_dir",
-                    run_dir.display(),
-                    path.display()
-                ))),
-                Ok(pid) => tracing::warn!("taking over the stale lock {} of process {pid}, which is gone", path.display()),
+                Ok(pid) if pid != std::process::id() && alive(pid) => bail!(UsageError(busy(pid, &path))),
+                Ok(pid) => {
+                    tracing::warn!("taking over the stale lock {} of process {pid}, which is gone", path.display())
+                }
                 Err(_) => tracing::warn!("replacing the unreadable lock file {}", path.display()),
             }
         }
         std::fs::write(&path, format!("{}\n", std::process::id()))
-            .with_context(|| format!("cannot write the lock file {} (is run_dir writable?)", path.display()))?;
-        crate::fsutil::remove_stale_temps(run_dir);
-        crate::fsutil::remove_stale_temps(&checkpoint::checkpoint_dir(run_dir));
+            .with_context(|| format!("cannot write the lock file {} (is the folder writable?)", path.display()))?;
         Ok(Self { path })
     }
 }
@@ -130,6 +151,28 @@ pub fn is_checkpoint(path: &Path) -> bool {
 /// written: its folder cannot be created or written, or the path is a symbolic link, not a
 /// regular file (a folder, a device, a FIFO), or a ddpm checkpoint, which no output replaces.
 pub fn check_output(path: &Path) -> Result<()> {
+    check_output_in(path, None)
+}
+
+/// [`check_output`] for a file of one kind, written by a command that reads `inputs` (a folder
+/// of training pictures): its name must end in one of `exts` (so `--out options.yml` or
+/// `--out grid.jpg` cannot receive PNG bytes), and it must not lie inside `inputs`.
+pub fn check_output_named(path: &Path, exts: &[&str], kind: &str, inputs: Option<&Path>) -> Result<()> {
+    check_existing(path)?;
+    let ext = path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase());
+    if !ext.as_deref().is_some_and(|e| exts.contains(&e)) {
+        let names: Vec<String> = exts.iter().map(|e| format!(".{e}")).collect();
+        bail!(UsageError(format!(
+            "will not write {}: {kind}, so its name must end in {}",
+            path.display(),
+            names.join(" or ")
+        )));
+    }
+    check_output_in(path, inputs)
+}
+
+/// What is at `path` already may not be replaced: a link, a folder or device, a checkpoint.
+fn check_existing(path: &Path) -> Result<()> {
     let refuse = |why: &str| -> Result<()> { bail!(UsageError(format!("will not write {}: {why}", path.display()))) };
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_symlink() {
@@ -142,7 +185,24 @@ pub fn check_output(path: &Path) -> Result<()> {
             return refuse("it holds a ddpm checkpoint (pick another path)");
         }
     }
+    Ok(())
+}
+
+fn check_output_in(path: &Path, inputs: Option<&Path>) -> Result<()> {
+    let refuse = |why: &str| -> Result<()> { bail!(UsageError(format!("will not write {}: {why}", path.display()))) };
+    check_existing(path)?;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let Some(inputs) = inputs.and_then(|i| i.canonicalize().ok()) {
+        // The nearest existing folder on the way up (the output's may not exist yet).
+        let existing = dir.ancestors().find(|d| d.as_os_str().is_empty() || d.exists());
+        let existing = existing.filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if existing.canonicalize().is_ok_and(|d| d.starts_with(&inputs)) {
+            return refuse(&format!(
+                "it lies inside dataset.path {} (the pictures the model trains on; pick a path outside it)",
+                inputs.display()
+            ));
+        }
+    }
     std::fs::create_dir_all(dir).map_err(|e| UsageError(format!("cannot write {}: {e}", path.display())))?;
     let probe = dir.join(format!(".ddpm-write-test-{}", std::process::id()));
     std::fs::write(&probe, b"").map_err(|e| UsageError(format!("cannot write {}: {e}", path.display())))?;

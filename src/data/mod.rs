@@ -39,11 +39,31 @@ impl DatasetName {
 }
 
 /// `dataset.image_size`: one side for square pictures, or `[height, width]`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum ImageSize {
     Square(i64),
     Rect([i64; 2]),
+}
+
+impl<'de> Deserialize<'de> for ImageSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Square(i64),
+            Rect([i64; 2]),
+        }
+        Ok(match Raw::deserialize(d) {
+            Ok(Raw::Square(s)) => Self::Square(s),
+            Ok(Raw::Rect(r)) => Self::Rect(r),
+            Err(_) => {
+                return Err(<D::Error as serde::de::Error>::custom(
+                    "expected one side in pixels (e.g. 64) or [height, width] (e.g. [28, 40])",
+                ))
+            }
+        })
+    }
 }
 
 impl ImageSize {

@@ -54,6 +54,7 @@ pub fn table(r: &EvalResult) -> String {
 /// `ddpm eval`; `None` on the ranks other than 0 of a data-parallel evaluation, which only
 /// draw their share of the samples.
 pub fn eval(cfg: &Config, req: &EvalRequest) -> Result<Option<EvalResult>> {
+    req.check_json()?;
     let (shard, device) = Shard::from_env(cfg.threads, device::resolve(&cfg.device)?)?;
     cfg.sample.check_precision(device)?;
     let test = data::load(&cfg.dataset, Split::Test)?;

@@ -52,6 +52,7 @@ pub fn fid_table(r: &FidResult) -> String {
 /// `ddpm eval --metric fid`; `None` on the ranks other than 0 of a data-parallel evaluation,
 /// which compute their share of the features (rank 0 gathers the features, not the images).
 pub fn eval_fid(cfg: &Config, req: &EvalRequest) -> Result<Option<FidResult>> {
+    req.check_json()?;
     let (shard, device) = Shard::from_env(cfg.threads, device::resolve(&cfg.device)?)?;
     cfg.sample.check_precision(device)?;
     let n = req.n;

@@ -35,6 +35,16 @@ pub struct EvalRequest {
     pub real_vs_real: bool,
 }
 
+impl EvalRequest {
+    /// Whether `--json` can be written, before anything is drawn.
+    fn check_json(&self) -> Result<()> {
+        match &self.json {
+            Some(p) => crate::run_dir::check_output_named(p, &["json"], "--json writes a JSON record", None),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Samples to draw from a checkpoint: global batch `k` of `sample.batch_size` images from noise
 /// seeded by `(seed, k)`, with labels cycling through the classes of a conditional model, as
 /// `ddpm sample --format npz` draws them; so the samples do not depend on the number of

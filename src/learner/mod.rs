@@ -358,15 +358,14 @@ mod tests {
     /// step: AdamW with weight decay, clipping, Min-SNR weights, the EMA and a warm-up included.
     #[test]
     fn the_capturable_step_equals_the_host_step() {
-        let mut cfg = Config { streams: 1, threads: 1, ..Default::default() };
+        let (mut cfg, mut io) = (Config { streams: 1, threads: 1, ..Default::default() }, None::<StaticStep>);
         let t = &mut cfg.train;
-        (t.optimizer, t.weight_decay, t.grad_clip, t.warmup_steps) = (Optimizer::AdamW, 0.01, 0.5, 2);
+        (t.optimizer, t.weight_decay, t.grad_clip, t.warmup_steps) = (Optimizer::AdamW, 0.1, 0.5, 2);
         (t.loss_weighting, t.ema_decay) = (LossWeighting::MinSnr, 0.9);
         let spec = ModelSpec::from_config(&cfg);
         let mut host = Learner::new(&cfg, &spec, Device::Cpu, false).unwrap();
         let mut dev = Learner::new(&cfg, &spec, Device::Cpu, false).unwrap();
-        // The same starting weights whatever another test drew from libtorch's global generator
-        // between the two constructions (the unit tests run in parallel).
+        // The same starting weights whatever the parallel tests drew from the global generator.
         dev.model.vs.copy(&host.model.vs).unwrap();
         if let (Some((_, a)), Some((_, b))) = (&host.ema, &mut dev.ema) {
             b.vs.copy(&a.vs).unwrap();
@@ -374,7 +373,6 @@ mod tests {
         let start: Vec<(String, Tensor)> = state_of(&host).into_iter().map(|(k, v)| (k, v.copy())).collect();
         let x0 = Tensor::rand([6, 1, 28, 28], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
         let labels = Tensor::zeros([6], (Kind::Int64, Device::Cpu));
-        let mut io: Option<StaticStep> = None;
         for done in 0..4 {
             let inp = host.inputs(x0.shallow_clone(), &labels, BatchSlice::whole(6), 100 + done);
             let want = host.step(&inp, done, None).unwrap();
@@ -392,7 +390,9 @@ mod tests {
         let mut moved = 0.0f64;
         for (((name, x), (_, y)), (_, s)) in a.iter().zip(&b).zip(&start) {
             let diff = (x - y).abs().max().double_value(&[]);
-            assert!(diff < 1e-6, "{name}: the two steps differ by {diff}");
+            // 1% of the learning rate: a near-zero gradient (a bias ahead of a norm) turns rounding
+            // into ~3e-6 on some CPUs; weight decay 0.1 keeps a missing decay (~1e-4) visible.
+            assert!(diff < 1e-5, "{name}: the two steps differ by {diff}");
             moved = moved.max((x - s).abs().max().double_value(&[]));
         }
         assert!(moved > 1e-4, "the steps moved nothing ({moved})");

@@ -70,18 +70,26 @@ pub fn run(e: &Export, shard: &Shard) -> Result<i64> {
     settings["seed"] = e.seed.into();
     settings["format"] = e.format.as_str().into();
     let prepared = match shard.is_main() {
-        true => prepare(e, &work, &manifest, &settings),
-        false => Ok(()),
+        true => prepare(e, &work, &manifest, &settings).map(Some),
+        false => Ok(None),
     };
     if !shard.agree(prepared.is_ok())? {
         prepared?;
         bail!("rank 0 could not start the export (its message says why)");
     }
+    let _lock = prepared?;
+    // A batch is done when its files are there whole (each is written atomically; one cut short
+    // or replaced by hand is drawn again): every PNG decodes, at the model's size.
+    let [c, h, w] = e.model.image_shape;
     let done = |k: i64| -> bool {
         let b = batch.min(e.n - k * batch);
         match e.format {
-            Format::PngDir => (k * batch..k * batch + b).all(|i| work.join(format!("{i:06}.png")).exists()),
-            _ => work.join(format!("batch-{k:06}.u8")).exists(),
+            Format::PngDir => (k * batch..k * batch + b).all(|i| {
+                image::open(work.join(format!("{i:06}.png")))
+                    .is_ok_and(|p| (p.width(), p.height()) == (w as u32, h as u32))
+            }),
+            _ => std::fs::metadata(work.join(format!("batch-{k:06}.u8")))
+                .is_ok_and(|m| m.is_file() && m.len() == (b * c * h * w) as u64),
         }
     };
     let mine = shard.mine(batches);
@@ -122,15 +130,15 @@ pub fn run(e: &Export, shard: &Shard) -> Result<i64> {
     bar.finish_and_clear();
     let drawn = shard.sum(todo.len() as i64)?;
     if e.format == Format::Npz && shard.is_main() {
-        let [c, h, w] = e.model.image_shape;
         write_npz(e.out, &work, batches, [e.n, h, w, c], e.labels)?;
         std::fs::remove_dir_all(&work).with_context(|| format!("cannot remove {}", work.display()))?;
     }
     Ok(drawn)
 }
 
-/// Checks the manifest of an export to resume, or writes the one of a new export.
-fn prepare(e: &Export, work: &Path, manifest: &Path, settings: &serde_json::Value) -> Result<()> {
+/// Checks the manifest of an export to resume, or writes the one of a new export; returns the
+/// export folder's lock.
+fn prepare(e: &Export, work: &Path, manifest: &Path, settings: &serde_json::Value) -> Result<crate::run_dir::RunLock> {
     if manifest.exists() {
         if !e.resume {
             bail!(UsageError(format!(
@@ -149,14 +157,23 @@ fn prepare(e: &Export, work: &Path, manifest: &Path, settings: &serde_json::Valu
             )));
         }
     } else {
-        if e.format == Format::Npz && e.out.exists() && !e.resume {
-            bail!(UsageError(format!("{} exists: choose another --out or remove it", e.out.display())));
+        if e.format == Format::Npz && e.out.exists() {
+            bail!(UsageError(match e.resume {
+                true => format!(
+                    "--resume: {} is a finished export (its parts are gone), nothing to resume: choose another --out, or remove it to export again",
+                    e.out.display()
+                ),
+                false => format!("{} exists: choose another --out or remove it", e.out.display()),
+            }));
         }
         std::fs::create_dir_all(work).with_context(|| format!("cannot create {}", work.display()))?;
+    }
+    let lock = crate::run_dir::RunLock::acquire_export(work, e.out)?;
+    if !manifest.exists() {
         crate::fsutil::write_atomic(manifest, settings.to_string().as_bytes())?;
     }
     crate::fsutil::remove_stale_temps(work);
-    Ok(())
+    Ok(lock)
 }
 
 /// A `.npy` header (version 1.0) for a C-ordered array.
@@ -214,12 +231,18 @@ fn write_npz(out: &Path, parts: &Path, batches: i64, shape: [i64; 4], labels: Op
         )));
     }
     let tmp = crate::fsutil::temp_path(out);
-    let f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let mut f = std::io::BufWriter::new(f);
-    write_stored_zip(&mut f, &members)?;
-    let f = f.into_inner().map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
-    f.sync_all()?;
-    drop(f);
+    let written = (|| -> Result<()> {
+        let f = std::fs::File::create(&tmp)?;
+        let mut f = std::io::BufWriter::new(f);
+        write_stored_zip(&mut f, &members)?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        // The parts stay, so `--resume` puts the archive together once there is room.
+        return Err(e.context(format!("cannot write {} (as {})", out.display(), tmp.display())));
+    }
     std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
     Ok(())
 }

@@ -69,7 +69,7 @@ pub fn sample(cfg: &Config, req: &SampleRequest) -> Result<PathBuf> {
         "train first (`ddpm train --config ...`) or pass --checkpoint PATH",
     )?;
     let out = req.out.clone().unwrap_or_else(|| export::default_out(&cfg.train.run_dir, format));
-    check_outputs(req, format, &out)?;
+    check_outputs(cfg, req, format, &out)?;
     let loaded = checkpoint::load_for_sampling(cfg, &path, device)?;
     let mut sc = cfg.sample.sampler_config();
     let label = resolve_label_name(req.label.as_ref(), &loaded, &path)?;
@@ -115,17 +115,24 @@ impl Plan<'_> {
     }
 }
 
-/// The flags that go with one format only, and whether the outputs can be written.
-fn check_outputs(req: &SampleRequest, format: Format, out: &Path) -> Result<()> {
+/// The flags that go with one format only, and whether the outputs can be written (named for
+/// what they hold, outside the training pictures), before anything is drawn.
+fn check_outputs(cfg: &Config, req: &SampleRequest, format: Format, out: &Path) -> Result<()> {
     if req.resume && format == Format::Grid {
         bail!(UsageError("--resume continues a png-dir or npz export: add --format png-dir or --format npz".into()));
     }
     if format != Format::Grid && (req.process || req.save_tensor.is_some()) {
         bail!(UsageError(format!("--process and --save-tensor go with --format grid, not {}", format.as_str())));
     }
+    let inputs = (cfg.dataset.name == crate::data::DatasetName::Folder).then_some(cfg.dataset.path.as_path());
+    use crate::run_dir::check_output_named as named;
+    if let Some(t) = &req.save_tensor {
+        named(t, &["safetensors"], "--save-tensor writes a safetensors file", inputs)?;
+    }
     match format {
-        Format::PngDir => crate::run_dir::check_output(&out.join("000000.png")),
-        _ => crate::run_dir::check_output(out),
+        Format::PngDir => named(&out.join("000000.png"), &["png"], "a png-dir export holds PNG pictures", inputs),
+        Format::Npz => named(out, &["npz"], "an npz export is a NumPy .npz archive", inputs),
+        Format::Grid => named(out, &["png"], "a grid is a PNG picture", inputs),
     }
 }
 
@@ -279,7 +286,6 @@ fn draw_grid(cfg: &Config, req: &SampleRequest, plan: &Plan, device: tch::Device
         .with_context(|| format!("cannot write the grid to {}", out.display()))?;
     tracing::info!("wrote {}", out.display());
     if let Some(t) = &req.save_tensor {
-        crate::run_dir::check_output(t)?;
         // Contiguous: a channels-last network's output is not, and the writer needs it.
         let xs = xs.to_device(tch::Device::Cpu).contiguous();
         Tensor::write_safetensors(&[("samples", &xs)], t)

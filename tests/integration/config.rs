@@ -174,9 +174,27 @@ fn overrides_apply_before_validation() {
     assert_eq!(cfg.train.lr, 2e-4);
     assert_eq!(demo(&cfg).channels, vec![8, 16]);
     let e = format!("{:#}", Config::from_yaml_str("", "t", &[o("train.batch_size", "0")]).unwrap_err());
-    assert!(e.contains("train.batch_size = 0"), "{e}");
+    assert!(
+        e.starts_with("on the command line (train.batch_size=0, from a flag or --set): train.batch_size = 0"),
+        "{e}"
+    );
+    // A bad value from the file is the file's, whatever the command line set beside it.
+    // (train.lr is given, and is a prefix of the bad key's name.)
+    let e = Config::from_yaml_str("train:\n  lr_schedule: bogus\n", "t.yml", &[o("train.lr", "1e-3")]);
+    let e = format!("{:#}", e.unwrap_err());
+    assert!(e.starts_with("t.yml: train.lr_schedule"), "{e}");
     let e = format!("{:#}", Config::from_yaml_str("", "t", &[o("train.lrate", "1")]).unwrap_err());
     assert!(e.contains("did you mean 'train.lr'"), "{e}");
+}
+
+#[test]
+fn a_bad_image_size_says_what_is_expected() {
+    for bad in ["[1, 2, 3]", "abc", "{h: 3}", "[28, x]"] {
+        let e = load(&format!("dataset:\n  name: folder\n  path: p\n  image_size: {bad}\n")).unwrap_err();
+        assert!(e.starts_with("test.yml: dataset.image_size: expected one side in pixels"), "{bad}: {e}");
+        assert!(e.contains("[height, width]") && !e.contains("untagged"), "{bad}: {e}");
+    }
+    assert_eq!(load("dataset:\n  image_size: [28, 40]\n").unwrap().dataset.image_size.hw(), [28, 40]);
 }
 
 #[test]
@@ -227,7 +245,9 @@ fn every_key_rejects_a_bad_value_by_name() {
         };
         let (section, name) = key.rsplit_once('.').unwrap_or(("", key));
         assert!(e.contains(name) && e.contains(section), "{key} = -1: {e}");
-        assert!(e.starts_with("test.yml: ") && e.lines().count() == 1, "{key} = -1: {e}");
+        // The value came from --set: the message blames the command line, not the file.
+        let blamed = format!("on the command line ({key}=-1, from a flag or --set): ");
+        assert!(e.starts_with(&blamed) && e.lines().count() == 1, "{key} = -1: {e}");
     }
 }
 

@@ -74,12 +74,13 @@ fn a_killed_export_resumed_equals_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = trained(dir.path());
     for format in ["npz", "png-dir"] {
-        let whole = dir.path().join(format!("whole-{format}"));
+        let name = |stem: &str| if format == "npz" { format!("{stem}.npz") } else { format!("{stem}-png") };
+        let whole = dir.path().join(name("whole"));
         let o = export(dir.path(), &cfg, format, &whole, &[]);
         assert!(o.status.success(), "{}", common::stderr(&o));
         // Killed after its first batch (writes slowed down so that it is caught half-way).
-        let cut = dir.path().join(format!("cut-{format}"));
-        let work = if format == "npz" { dir.path().join(format!("cut-{format}.parts")) } else { cut.clone() };
+        let cut = dir.path().join(name("cut"));
+        let work = if format == "npz" { dir.path().join("cut.npz.parts") } else { cut.clone() };
         let first = if format == "npz" { work.join("batch-000000.u8") } else { work.join("000003.png") };
         let mut child = Command::new(env!("CARGO_BIN_EXE_ddpm"))
             .args(["sample", "--config", &cfg, "--format", format, "--out", cut.to_str().unwrap()])
@@ -97,7 +98,7 @@ fn a_killed_export_resumed_equals_an_uninterrupted_one() {
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(first.exists(), "{format}: the first batch never came");
-        assert!(!dir.path().join("cut-npz").exists() || format != "npz", "killed before the end");
+        assert!(!dir.path().join("cut.npz").exists() || format != "npz", "killed before the end");
         // Other settings are refused; the same ones continue.
         let o = export(dir.path(), &cfg, format, &cut, &["--resume", "--seed", "9"]);
         assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
@@ -112,6 +113,44 @@ fn a_killed_export_resumed_equals_an_uninterrupted_one() {
             assert_eq!(pngs(&whole), pngs(&cut), "png folders differ");
         }
     }
+}
+
+#[test]
+fn exports_are_locked_checked_whole_and_never_replaced_when_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = trained(d);
+    // A finished npz: --resume has nothing to continue and leaves it as it is.
+    let npz = d.join("s.npz");
+    assert!(export(d, &cfg, "npz", &npz, &[]).status.success());
+    let before = std::fs::read(&npz).unwrap();
+    let o = export(d, &cfg, "npz", &npz, &["--resume", "--seed", "9"]);
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    assert!(common::stderr(&o).contains("finished export"), "{}", common::stderr(&o));
+    assert_eq!(std::fs::read(&npz).unwrap(), before, "a finished export was replaced");
+    // A PNG cut short and one of another size are drawn again by --resume.
+    let (whole, folder) = (d.join("whole-png"), d.join("png"));
+    assert!(export(d, &cfg, "png-dir", &whole, &[]).status.success());
+    assert!(export(d, &cfg, "png-dir", &folder, &[]).status.success());
+    let first = std::fs::read(folder.join("000001.png")).unwrap();
+    std::fs::write(folder.join("000001.png"), &first[..first.len() / 2]).unwrap();
+    image::GrayImage::new(5, 5).save(folder.join("000009.png")).unwrap();
+    let o = export(d, &cfg, "png-dir", &folder, &["--resume"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(common::stderr(&o).contains("1 of 3 batches are there already"), "{}", common::stderr(&o));
+    assert_eq!(pngs(&whole), pngs(&folder), "the damaged files were not drawn again");
+    // A live process holding the folder's lock: refused; a dead one's lock is taken over.
+    let lock = folder.join(".lock");
+    std::fs::write(&lock, format!("{}\n", std::process::id())).unwrap();
+    let o = export(d, &cfg, "png-dir", &folder, &["--resume"]);
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    assert!(common::stderr(&o).contains("being exported by a live process"), "{}", common::stderr(&o));
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    std::fs::write(&lock, format!("{}\n", gone.id())).unwrap();
+    let o = export(d, &cfg, "png-dir", &folder, &["--resume"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(!lock.exists(), "the lock is removed when the export ends");
 }
 
 #[test]

@@ -13,6 +13,8 @@
 //! | a decompression bomb (a small PNG of 20000x20000) | skipped as unreadable |
 //! | an IDX file with no images, labels outside the classes | refused, naming the data set |
 //! | `--out` / `--save-tensor` at a checkpoint, a symlink or a device | refused; the file is untouched |
+//! | `--out options.yml`, `--out grid.jpg`, `--json x.txt`: a name for other content | refused; the file is untouched |
+//! | `--out` inside the picture folder the model trains on | refused |
 //! | `train.run_dir: /` | refused |
 //! | a SIGKILL inside a checkpoint save | the run resumes from one step's trio (the old or the new) and ends as an uninterrupted one |
 //! | a `--resume` refused (another network) | refused; the run's `config.yml` is left as it was |
@@ -204,11 +206,44 @@ fn outputs_never_replace_a_checkpoint_a_link_or_a_device_and_the_root_is_no_run_
     let link = d.join("link.png");
     std::os::unix::fs::symlink(d.join("elsewhere.png"), &link).unwrap();
     refused(d, &["sample", "--config", &cfg, "--out", link.to_str().unwrap()], &["symbolic link"]);
-    refused(d, &["sample", "--config", &cfg, "--save-tensor", "/dev/null"], &["not a regular file"]);
+    refused(d, &["sample", "--config", &cfg, "--save-tensor", "/dev/null"], &["/dev/null", "not a regular file"]);
+    std::fs::create_dir(d.join("t.safetensors")).unwrap();
+    refused(d, &["sample", "--config", &cfg, "--save-tensor", "t.safetensors"], &["not a regular file"]);
     assert_eq!(std::fs::read(&ckpt).unwrap(), before, "the checkpoint changed");
     assert!(!d.join("elsewhere.png").exists(), "written through the link");
     refused(d, &["train", "--config", &cfg, "--set", "train.run_dir=/"], &["filesystem root"]);
     assert!(!Path::new("/.lock").exists() && !Path::new("/config.yml").exists());
+}
+
+#[test]
+fn outputs_are_named_for_what_they_hold_and_lie_outside_the_training_pictures() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = trained(d);
+    let yml = std::fs::read(&cfg).unwrap();
+    fn with<'a>(cfg: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+        [&["sample", "--config", cfg][..], more].concat()
+    }
+    let sample = |more: &[&'static str]| with(&cfg, more);
+    refused(d, &with(&cfg, &["--out", &cfg]), &["tiny.yml", "a grid is a PNG picture", "must end in .png"]);
+    refused(d, &sample(&["--out", "grid.jpg"]), &["grid.jpg", "must end in .png"]);
+    refused(d, &sample(&["--format", "npz", "--out", "x.png"]), &["x.png", "must end in .npz"]);
+    refused(d, &sample(&["--save-tensor", "t.npy"]), &["t.npy", "must end in .safetensors"]);
+    refused(d, &["eval", "--config", &cfg, "--n", "4", "--json", "out.txt"], &["out.txt", "must end in .json"]);
+    assert_eq!(std::fs::read(&cfg).unwrap(), yml, "the config was written over");
+    assert!(!d.join("grid.jpg").exists() && !d.join("x.png").exists() && !d.join("out.txt").exists());
+    // A model trained on a picture folder: no output inside that folder, where it would become
+    // training data.
+    pictures(&d.join("pics"), 8, (12, 12));
+    let fcfg = folder_config(d, "8", "");
+    let (code, err) = run(d, &["train", "--config", &fcfg, "--overwrite"]);
+    assert_eq!(code, Some(0), "{err}");
+    for out in ["pics/new.png", "pics/sub/dir/new.png"] {
+        refused(d, &["sample", "--config", &fcfg, "--out", out], &[out, "inside dataset.path"]);
+    }
+    let pics = d.join("pics");
+    refused(d, &["sample", "--config", &fcfg, "--format", "png-dir", "--out", pics.to_str().unwrap()], &["inside"]);
+    assert_eq!(std::fs::read_dir(&pics).unwrap().count(), 8, "the picture folder changed");
 }
 
 #[test]

@@ -104,17 +104,11 @@ fn transparent_pixels_show_the_background_never_the_colour_under_them() {
         assert_eq!(stats.decoded, 4, "{bg}: a new background is decoded anew, not read from another's cache");
         let px = pixels(&ds.images);
         let bgv = bg.0.to_vec();
-        for y in 0..20 {
-            for x in 0..20 {
-                assert_eq!(px[0][y][x], if x < 10 { vec![0, 0, 255] } else { bgv.clone() }, "{bg} rgba ({y}, {x})");
-                assert_eq!(
-                    px[1][y][x],
-                    if y < 10 { vec![60, 60, 60] } else { bgv.clone() },
-                    "{bg} grey+alpha ({y}, {x})"
-                );
-                assert_eq!(px[2][y][x], bgv, "{bg} palette with tRNS ({y}, {x})");
-                assert_eq!(px[3][y][x], bgv, "{bg} 16-bit rgba ({y}, {x})");
-            }
+        for (y, x) in (0..20).flat_map(|y| (0..20).map(move |x| (y, x))) {
+            assert_eq!(px[0][y][x], if x < 10 { vec![0, 0, 255] } else { bgv.clone() }, "{bg} rgba ({y}, {x})");
+            assert_eq!(px[1][y][x], if y < 10 { vec![60, 60, 60] } else { bgv.clone() }, "{bg} grey+alpha ({y}, {x})");
+            assert_eq!(px[2][y][x], bgv, "{bg} palette with tRNS ({y}, {x})");
+            assert_eq!(px[3][y][x], bgv, "{bg} 16-bit rgba ({y}, {x})");
         }
         // The cache on disk holds the composited pictures too.
         let cached = Tensor::read_safetensors(&stats.cache).unwrap().remove(0).1;
