@@ -4,9 +4,56 @@
 use crate::diffusion::prediction::AsEps;
 use crate::diffusion::reverse::{self, ReverseProcess};
 use crate::diffusion_model::Model;
+use crate::error::UsageError;
 use crate::logging;
 use crate::seed::{derived_seed, SEED_BATCH};
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
+
+/// Which classes to draw.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LabelChoice {
+    One(i64),
+    /// A class by name (a folder dataset's subfolder, `Sneaker`, ...).
+    Name(String),
+    /// One row per class.
+    All,
+}
+
+impl std::str::FromStr for LabelChoice {
+    type Err = UsageError;
+
+    /// `all`, a class number or a class name (the value of `--label`).
+    fn from_str(s: &str) -> Result<Self, UsageError> {
+        match s {
+            "all" => Ok(Self::All),
+            "" => Err(UsageError("--label: expected a class number (0, 1, ...), a class name or all".into())),
+            _ => Ok(s.parse().map(Self::One).unwrap_or_else(|_| Self::Name(s.to_string()))),
+        }
+    }
+}
+
+/// `--label NAME` as the class number of a conditional model.
+pub fn resolve_label_name(
+    label: Option<&LabelChoice>,
+    loaded: &crate::checkpoint::LoadedModel,
+    path: &Path,
+) -> anyhow::Result<Option<LabelChoice>> {
+    let names = &loaded.info.spec.class_names;
+    Ok(match label {
+        Some(LabelChoice::Name(name)) if loaded.model.num_classes() > 0 => {
+            let i = names.iter().position(|n| n == name).ok_or_else(|| {
+                UsageError(format!(
+                    "--label {name:?} is not a class of {} (its classes: {})",
+                    path.display(),
+                    if names.is_empty() { "unnamed, use a number".to_string() } else { names.join(", ") }
+                ))
+            })?;
+            Some(LabelChoice::One(i as i64))
+        }
+        other => other.cloned(),
+    })
+}
 
 /// What to draw.
 pub struct Request<'a> {

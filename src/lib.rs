@@ -19,6 +19,7 @@ pub mod diffusion;
 pub mod diffusion_model;
 pub mod dist;
 pub mod draw;
+pub mod edit;
 pub mod ema;
 pub mod error;
 pub mod eval;

@@ -1,7 +1,7 @@
 //! `ddpm`: parse the command line, set up logging, run, print the error chain.
 
 use clap::Parser;
-use ddpm::cli::{Cli, Command, EvalArgs, Metric, SampleArgs, TrainArgs};
+use ddpm::cli::{Cli, Command, EditArgs, EvalArgs, Metric, SampleArgs, TrainArgs};
 use ddpm::config::Config;
 use ddpm::error::{self, Interrupted};
 use ddpm::sample::{LabelChoice, SampleRequest};
@@ -48,6 +48,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             }
         }
         Command::Sample(a) => run_sample(&cfg, a)?,
+        Command::Edit(a) => run_edit(&cfg, a)?,
         Command::Info(_) | Command::Completions(_) => {}
     }
     Ok(())
@@ -75,7 +76,9 @@ fn run_without_config(cli: &Cli) -> Option<anyhow::Result<()>> {
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     let overrides = cli.overrides();
     match &cli.command {
-        Command::Sample(a) if a.checkpoint.is_some() && !cli.config.exists() => {
+        Command::Sample(SampleArgs { reverse: r, .. }) | Command::Edit(EditArgs { reverse: r, .. })
+            if r.checkpoint.is_some() && !cli.config.exists() =>
+        {
             Config::from_yaml_str("{}", "defaults", &overrides)
         }
         _ => Config::load(&cli.config, &overrides),
@@ -113,17 +116,45 @@ fn run_eval(cfg: &Config, a: &EvalArgs) -> anyhow::Result<()> {
 
 /// `ddpm sample`.
 fn run_sample(cfg: &Config, a: &SampleArgs) -> anyhow::Result<()> {
-    let label = a.label.as_deref().map(str::parse::<LabelChoice>).transpose()?;
+    let label = a.reverse.label.as_deref().map(str::parse::<LabelChoice>).transpose()?;
     let req = SampleRequest {
-        checkpoint: a.checkpoint.clone(),
+        checkpoint: a.reverse.checkpoint.clone(),
         out: a.out.clone(),
         save_tensor: a.save_tensor.clone(),
         label,
-        guidance_given: a.guidance.is_some(),
+        guidance_given: a.reverse.guidance.is_some(),
         process: a.process,
         resume: a.resume,
     };
     ddpm::sample::sample(cfg, &req)?;
+    Ok(())
+}
+
+/// `ddpm edit`.
+fn run_edit(cfg: &Config, a: &EditArgs) -> anyhow::Result<()> {
+    let r = &a.reverse;
+    let req = ddpm::edit::EditRequest {
+        mode: a.mode,
+        input: a.input.clone(),
+        to: a.to.clone(),
+        seeds: a.seeds.clone(),
+        n: a.n,
+        mask: a.mask.clone(),
+        strengths: a.strength.clone(),
+        resample: a.resample,
+        frames: a.frames,
+        out: a.out.clone(),
+        save_tensor: a.save_tensor.clone(),
+        checkpoint: r.checkpoint.clone(),
+        label: r.label.as_deref().map(str::parse::<LabelChoice>).transpose()?,
+        guidance_given: r.guidance.is_some(),
+        sampler_given: r.sampler.clone(),
+        eta_given: r.eta,
+    };
+    let report = ddpm::edit::edit(cfg, &req)?;
+    if let Some((rms, max)) = report.reconstruction {
+        emit(&format!("reconstruction error: rms {rms:.4}, largest {max:.4} (pixels in [0, 1])\n"))?;
+    }
     Ok(())
 }
 

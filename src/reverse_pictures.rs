@@ -25,6 +25,13 @@ pub fn write(frames: &[Tensor], out: &Path, pad: i64) -> Result<(PathBuf, PathBu
     let tiles = stacked.view([s[0] * s[1], s[2], s[3], s[4]]);
     grid::save_png(&grid::grid_image(&tiles, f, pad)?, &png)?;
 
+    write_gif(frames, &gif, pad)?;
+    Ok((png, gif))
+}
+
+/// An animated GIF of `frames` (each `[N, C, H, W]`, a grid per frame), 0.2 s apart, the last
+/// held for 2 s.
+pub fn write_gif(frames: &[Tensor], gif: &Path, pad: i64) -> Result<()> {
     let mut bytes = Vec::new();
     {
         let mut enc = GifEncoder::new_with_speed(&mut bytes, 10);
@@ -37,6 +44,5 @@ pub fn write(frames: &[Tensor], out: &Path, pad: i64) -> Result<(PathBuf, PathBu
                 .context("encoding GIF")?;
         }
     }
-    write_atomic(&gif, &bytes).with_context(|| format!("writing {}", gif.display()))?;
-    Ok((png, gif))
+    write_atomic(gif, &bytes).with_context(|| format!("writing {}", gif.display()))
 }

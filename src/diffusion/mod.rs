@@ -3,6 +3,7 @@
 pub mod ddim;
 pub mod ddpm;
 pub mod dpm_solver;
+pub mod editing;
 pub mod loss;
 pub mod prediction;
 pub mod reverse;

@@ -81,6 +81,62 @@ pub fn visited_steps(ddpm: &DdpmScheduler, sampler: Sampler) -> Vec<usize> {
     ts
 }
 
+/// The reverse process one step at a time: the network, the visited timesteps and the
+/// solver's memory (DPM-Solver++'s previous estimate). Edits (image-to-image, inpainting) run
+/// their own loops over it.
+pub struct Stepper<'a> {
+    net: &'a dyn Denoiser,
+    ddpm: &'a DdpmScheduler,
+    labels: Option<&'a Tensor>,
+    cfg: &'a ReverseProcess,
+    solver: DpmSolverPP,
+    /// The timesteps visited, descending.
+    pub ts: Vec<usize>,
+    /// Advanced by one at every step (hidden unless set).
+    pub bar: indicatif::ProgressBar,
+}
+
+impl<'a> Stepper<'a> {
+    pub fn new(
+        net: &'a dyn Denoiser,
+        ddpm: &'a DdpmScheduler,
+        labels: Option<&'a Tensor>,
+        cfg: &'a ReverseProcess,
+    ) -> Self {
+        let solver = match cfg.sampler {
+            Sampler::DpmSolverPP { order, .. } => DpmSolverPP::new(order),
+            _ => DpmSolverPP::new(1),
+        };
+        let (ts, bar) = (visited_steps(ddpm, cfg.sampler), indicatif::ProgressBar::hidden());
+        Stepper { net, ddpm, labels, cfg, solver, ts, bar }
+    }
+
+    /// The level after step `i`: the next visited timestep, None past t = 0.
+    pub fn prev(&self, i: usize) -> Option<usize> {
+        self.ts.get(i + 1).copied()
+    }
+
+    /// `x` at timestep `ts[i]` one step down, to [`Stepper::prev`].
+    pub fn step(&mut self, i: usize, x: &Tensor) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let (t, prev, cfg) = (self.ts[i], self.prev(i), self.cfg);
+        let tt = Tensor::full([x.size()[0]], t as i64, (Kind::Int64, x.device()));
+        let eps = predict_eps(self.net, x, &tt, self.labels, cfg.guidance);
+        self.bar.inc(1);
+        match cfg.sampler {
+            Sampler::Ddpm => {
+                let z = if t > 0 { x.randn_like() } else { x.zeros_like() };
+                self.ddpm.step(&eps, t, x, &z, cfg.opts)
+            }
+            Sampler::Ddim { eta, .. } => {
+                let z = if eta > 0.0 && prev.is_some() { x.randn_like() } else { x.zeros_like() };
+                ddim::step(&self.ddpm.schedule, &eps, x, (t, prev), &z, eta, cfg.opts.clip_x0)
+            }
+            Sampler::DpmSolverPP { .. } => self.solver.step(&self.ddpm.schedule, &eps, x, (t, prev), cfg.opts.clip_x0),
+        }
+    }
+}
+
 /// Runs the reverse process from `noise`; `on_step(i, t, &x)` follows each step.
 pub fn sample(
     net: &dyn Denoiser,
@@ -90,33 +146,11 @@ pub fn sample(
     cfg: &ReverseProcess,
     mut on_step: impl FnMut(usize, usize, &Tensor),
 ) -> Tensor {
-    let _guard = tch::no_grad_guard();
-    let n = noise.size()[0];
-    let device = noise.device();
-    let ts = visited_steps(ddpm, cfg.sampler);
-    let mut solver = match cfg.sampler {
-        Sampler::DpmSolverPP { order, .. } => DpmSolverPP::new(order),
-        _ => DpmSolverPP::new(1),
-    };
+    let mut stepper = Stepper::new(net, ddpm, labels, cfg);
     let mut x = noise;
-    for (i, &t) in ts.iter().enumerate() {
-        let tt = Tensor::full([n], t as i64, (Kind::Int64, device));
-        let eps = predict_eps(net, &x, &tt, labels, cfg.guidance);
-        x = match cfg.sampler {
-            Sampler::Ddpm => {
-                let z = if t > 0 { x.randn_like() } else { x.zeros_like() };
-                ddpm.step(&eps, t, &x, &z, cfg.opts)
-            }
-            Sampler::Ddim { eta, .. } => {
-                let prev = ts.get(i + 1).copied();
-                let z = if eta > 0.0 && prev.is_some() { x.randn_like() } else { x.zeros_like() };
-                ddim::step(&ddpm.schedule, &eps, &x, (t, prev), &z, eta, cfg.opts.clip_x0)
-            }
-            Sampler::DpmSolverPP { .. } => {
-                solver.step(&ddpm.schedule, &eps, &x, (t, ts.get(i + 1).copied()), cfg.opts.clip_x0)
-            }
-        };
-        on_step(i, t, &x);
+    for i in 0..stepper.ts.len() {
+        x = stepper.step(i, &x);
+        on_step(i, stepper.ts[i], &x);
     }
     x
 }

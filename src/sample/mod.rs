@@ -9,7 +9,8 @@ use crate::checkpoint;
 use crate::config::sample::Format;
 use crate::config::Config;
 use crate::diffusion::reverse;
-use crate::draw::{self, Request};
+pub use crate::draw::LabelChoice;
+use crate::draw::{self, resolve_label_name, Request};
 use crate::error::UsageError;
 use crate::shard::Shard;
 use crate::{device, grid};
@@ -17,29 +18,6 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Kind, Tensor};
-
-/// Which classes to draw.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LabelChoice {
-    One(i64),
-    /// A class by name (a folder dataset's subfolder, `Sneaker`, ...).
-    Name(String),
-    /// One row per class.
-    All,
-}
-
-impl std::str::FromStr for LabelChoice {
-    type Err = UsageError;
-
-    /// `all`, a class number or a class name (the value of `--label`).
-    fn from_str(s: &str) -> Result<Self, UsageError> {
-        match s {
-            "all" => Ok(Self::All),
-            "" => Err(UsageError("--label: expected a class number (0, 1, ...), a class name or all".into())),
-            _ => Ok(s.parse().map(Self::One).unwrap_or_else(|_| Self::Name(s.to_string()))),
-        }
-    }
-}
 
 /// What to sample, beyond the configuration.
 #[derive(Debug, Clone, Default)]
@@ -134,28 +112,6 @@ fn check_outputs(cfg: &Config, req: &SampleRequest, format: Format, out: &Path) 
         Format::Npz => named(out, &["npz"], "an npz export is a NumPy .npz archive", inputs),
         Format::Grid => named(out, &["png"], "a grid is a PNG picture", inputs),
     }
-}
-
-/// `--label NAME` as the class number of a conditional model.
-fn resolve_label_name(
-    label: Option<&LabelChoice>,
-    loaded: &checkpoint::LoadedModel,
-    path: &Path,
-) -> Result<Option<LabelChoice>> {
-    let names = &loaded.info.spec.class_names;
-    Ok(match label {
-        Some(LabelChoice::Name(name)) if loaded.model.num_classes() > 0 => {
-            let i = names.iter().position(|n| n == name).ok_or_else(|| {
-                UsageError(format!(
-                    "--label {name:?} is not a class of {} (its classes: {})",
-                    path.display(),
-                    if names.is_empty() { "unnamed, use a number".to_string() } else { names.join(", ") }
-                ))
-            })?;
-            Some(LabelChoice::One(i as i64))
-        }
-        other => other.cloned(),
-    })
 }
 
 /// The label of every image (None for an unconditional draw, which also turns guidance off).

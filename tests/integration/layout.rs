@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// except that the commands never import each other.
 const LAYERS: [(&str, &[&str]); 6] = [
     ("entry", &["main", "cli"]),
-    ("commands", &["train", "sample", "eval", "bench", "info"]),
+    ("commands", &["train", "sample", "edit", "eval", "bench", "info"]),
     (
         "model and run files",
         &["diffusion_model", "checkpoint", "draw", "cuda_graph", "shard", "score", "learner", "run_dir", "trace"],

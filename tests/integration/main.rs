@@ -12,6 +12,7 @@ mod config;
 mod data;
 mod diffusion;
 mod dist;
+mod edit;
 mod eval;
 mod export;
 mod fid;

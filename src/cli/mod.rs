@@ -1,6 +1,11 @@
 //! The command line. The `///` docs here are the `--help` text.
 
+mod edit;
+mod reverse;
+
 use clap::{Args, Parser, Subcommand};
+pub use edit::{EditArgs, EditMode};
+pub use reverse::ReverseArgs;
 use std::path::PathBuf;
 
 /// Train and sample DDPM image generators (MNIST, Fashion-MNIST, CIFAR-10) on libtorch.
@@ -41,6 +46,9 @@ pub enum Command {
     Train(TrainArgs),
     /// Draw samples from a checkpoint (by default the run_dir's latest) into a PNG grid.
     Sample(SampleArgs),
+    /// Use a trained model on pictures: image-to-image, inpainting, DDIM inversion and
+    /// interpolation (`ddpm edit --help` has examples).
+    Edit(EditArgs),
     /// Measure training and sampling speed and peak memory for the configured network and
     /// dataset shape (random weights; warm-up first, medians over repeats).
     Bench(BenchArgs),
@@ -182,10 +190,6 @@ pub struct SampleArgs {
     /// How many images (sample.n_samples); the grid has ceil(sqrt(n)) columns.
     #[arg(long, short)]
     pub n_samples: Option<i64>,
-    /// Checkpoint to sample from; its metadata rebuilds the model, so no config is needed.
-    /// Default: <train.run_dir>/checkpoints/latest.safetensors.
-    #[arg(long, value_name = "PATH")]
-    pub checkpoint: Option<PathBuf>,
     /// Where to write: the PNG grid (default <run_dir>/samples.png), the png-dir folder
     /// (default <run_dir>/samples-png/) or the .npz file (default <run_dir>/samples.npz).
     #[arg(long, short, value_name = "PATH")]
@@ -207,43 +211,15 @@ pub struct SampleArgs {
     /// Clamp the predicted x0 to [-1, 1] at each step (sample.clip_x0).
     #[arg(long)]
     pub clip_x0: bool,
-    /// Images denoised at once (sample.batch_size); larger n is done in batches.
-    #[arg(long)]
-    pub batch_size: Option<i64>,
-    /// Pixels between tiles in the grid (sample.padding).
-    #[arg(long)]
-    pub padding: Option<i64>,
     /// Also write the raw samples (float [-1, 1], [N, C, H, W]) as safetensors to this path.
     #[arg(long, value_name = "PATH")]
     pub save_tensor: Option<PathBuf>,
-    /// Reverse process: ddpm (ancestral, every step), ddim, or dpm-solver++ (DPM-Solver++(2M),
-    /// 20 steps unless --steps says otherwise) (sample.sampler).
-    #[arg(long, value_parser = ["ddpm", "ddim", "dpm-solver++"])]
-    pub sampler: Option<String>,
-    /// DDIM or DPM-Solver++ steps (sample.steps); implies --sampler ddim when given alone.
-    #[arg(long)]
-    pub steps: Option<i64>,
-    /// DDIM noise scale: 0 = deterministic, 1 = DDPM-like (sample.eta).
-    #[arg(long)]
-    pub eta: Option<f64>,
-    /// DDIM timestep spacing: uniform or quadratic (sample.spacing).
-    #[arg(long, value_parser = ["uniform", "quadratic"])]
-    pub spacing: Option<String>,
     /// DDPM variance by name: fixed_large (beta_t, the demo's simple_var) or fixed_small
     /// (the posterior variance).
     #[arg(long, value_parser = ["fixed_large", "fixed_small"], conflicts_with_all = ["simple_var", "no_simple_var"])]
     pub variance: Option<String>,
-    /// Conditional models: the class to draw (0-based number or its name, e.g. a folder
-    /// dataset's subfolder), or `all` for one row per class.
-    #[arg(long, value_name = "N|NAME|all")]
-    pub label: Option<String>,
-    /// Classifier-free guidance weight w (sample.guidance): eps_u + w (eps_c - eps_u);
-    /// 0 = unconditional, 1 = conditional without guidance.
-    #[arg(long)]
-    pub guidance: Option<f64>,
-    /// Use the raw weights even when the checkpoint has EMA weights.
-    #[arg(long)]
-    pub no_ema: bool,
+    #[command(flatten)]
+    pub reverse: ReverseArgs,
     /// Also write the reverse process: <out>.process.png (a row per sample, a column per
     /// snapshot) and <out>.process.gif.
     #[arg(long)]
@@ -253,15 +229,6 @@ pub struct SampleArgs {
     /// so the files are the same for any N, and --resume may use another N.
     #[arg(long, value_name = "N")]
     pub nproc: Option<usize>,
-}
-
-/// `--steps`, or 20 for `--sampler dpm-solver++` given without it (the solver's usual count).
-fn steps_for(sampler: Option<&str>, steps: Option<i64>) -> Option<String> {
-    match (sampler, steps) {
-        (_, Some(n)) => Some(n.to_string()),
-        (Some("dpm-solver++"), None) => Some("20".into()),
-        _ => None,
-    }
 }
 
 fn parse_override(s: &str) -> Result<(String, String), String> {
@@ -294,28 +261,21 @@ impl Cli {
             }
             Command::Sample(a) => {
                 put("sample.n_samples", a.n_samples.map(|v| v.to_string()));
-                put("sample.batch_size", a.batch_size.map(|v| v.to_string()));
-                put("sample.padding", a.padding.map(|v| v.to_string()));
                 put("sample.format", a.format.clone());
                 let var = match (a.simple_var, a.no_simple_var, a.variance.as_deref()) {
                     (true, _, _) | (_, _, Some("fixed_large")) => Some(true),
                     (_, true, _) | (_, _, Some("fixed_small")) => Some(false),
                     _ => None,
                 };
-                let sampler = a.sampler.clone().or_else(|| a.steps.map(|_| "ddim".to_string()));
-                put("sample.sampler", sampler);
-                put("sample.steps", steps_for(a.sampler.as_deref(), a.steps));
-                put("sample.eta", a.eta.map(|v| v.to_string()));
-                put("sample.spacing", a.spacing.clone());
-                put("sample.guidance", a.guidance.map(|v| v.to_string()));
-                put("sample.ema", a.no_ema.then(|| "false".to_string()));
+                a.reverse.overrides(&mut put);
                 put("sample.simple_var", var.map(|v| v.to_string()));
                 put("sample.clip_x0", a.clip_x0.then(|| "true".to_string()));
             }
+            Command::Edit(a) => a.reverse.overrides(&mut put),
             Command::Bench(_) | Command::Info(_) | Command::Completions(_) => {}
             Command::Eval(a) => {
                 put("sample.sampler", a.sampler.clone().or_else(|| a.steps.map(|_| "ddim".to_string())));
-                put("sample.steps", steps_for(a.sampler.as_deref(), a.steps));
+                put("sample.steps", reverse::steps_for(a.sampler.as_deref(), a.steps));
             }
         }
         out.extend(self.overrides.iter().cloned());
