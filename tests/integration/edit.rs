@@ -233,3 +233,51 @@ fn bad_edit_inputs_are_one_line_errors_and_nothing_is_written() {
     assert!(common::stderr(&o).contains("it is (or lies inside) the input"), "{}", common::stderr(&o));
     assert_eq!(image::open(d.join("pic.png")).unwrap().width(), 28);
 }
+
+/// How many of `xs` are horizontal bars (their row means vary more than their column means).
+fn horizontal(xs: &Tensor) -> i64 {
+    let rows = xs.mean_dim(3, false, tch::Kind::Float).var_dim(2, true, false);
+    let cols = xs.mean_dim(2, false, tch::Kind::Float).var_dim(2, true, false);
+    rows.gt_tensor(&cols).sum(tch::Kind::Int64).int64_value(&[])
+}
+
+/// A class-conditional model asked for a class moves the pictures towards it: the bars data
+/// set's vertical (class 0) and horizontal (class 1) bars come back horizontal far more often
+/// when image-to-image asks for class 1 than when it asks for class 0.
+#[test]
+#[ignore = "slow: trains a conditional model"]
+fn a_conditional_edit_moves_pictures_towards_the_asked_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    common::write_tiny_mnist(&d.join("data"), 256);
+    let cfg = common::tiny_config(d);
+    let c = cfg.to_str().unwrap();
+    let sets = [
+        "network.num_classes=2",
+        "train.n_epochs=8",
+        "network.channels=[8, 16]",
+        "ddpm.n_steps=100",
+        "ddpm.max_beta=0.2",
+    ];
+    let mut args = vec!["train", "--config", c];
+    sets.iter().for_each(|s| args.extend_from_slice(&["--set", s]));
+    let o = common::ddpm(d, &args);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let run = d.join("run/config.yml");
+    let r = run.to_str().unwrap();
+    let mut count = Vec::new();
+    for label in ["0", "1"] {
+        let t = format!("l{label}.safetensors");
+        let args = ["img2img", "--input", "dataset:train", "-n", "64", "--strength", "0.7", "--label", label];
+        edit(d, r, &[&args[..], &["--guidance", "2", "--save-tensor", &t, "-o", "l.png"]].concat());
+        count.push(horizontal(&samples(&d.join(&t))));
+    }
+    let inputs = horizontal(&inputs(c, 64));
+    assert_eq!(inputs, 32, "half the inputs are horizontal bars");
+    assert!(
+        count[1] >= count[0] + 16,
+        "asked for class 1, {} of 64 are horizontal; for class 0, {}",
+        count[1],
+        count[0]
+    );
+}
