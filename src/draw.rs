@@ -155,3 +155,15 @@ pub fn draw_batch(
     };
     draw(model, &req, None)
 }
+
+/// Writes samples (`[N, C, H, W]` in [-1, 1]) as the safetensors file `--save-tensor` names,
+/// the tensor called `samples` (what `ddpm eval --samples` reads).
+pub fn save_samples(xs: &Tensor, path: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    // Contiguous: a channels-last network's output is not, and the writer needs it.
+    let xs = xs.to_device(Device::Cpu).contiguous();
+    Tensor::write_safetensors(&[("samples", &xs)], path)
+        .with_context(|| format!("cannot write samples to {}", path.display()))?;
+    tracing::info!("wrote {}", path.display());
+    Ok(())
+}

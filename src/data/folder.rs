@@ -275,6 +275,10 @@ pub fn decode(path: &Path, look: Look) -> std::result::Result<Vec<u8>, String> {
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_DECODED_BYTES);
     reader.limits(limits);
+    if reader.format() == Some(image::ImageFormat::Jpeg) && !ends_a_jpeg(path) {
+        // The decoder fills what is missing with grey or black and calls it a picture.
+        return Err("truncated JPEG (no end-of-image marker)".into());
+    }
     let mut img = reader.decode().map_err(|e| e.to_string())?;
     if img.color().has_alpha() {
         img = DynamicImage::ImageRgb8(look.background.flatten(&img));
@@ -285,6 +289,17 @@ pub fn decode(path: &Path, look: Look) -> std::result::Result<Vec<u8>, String> {
         1 => planar(&fit(&img.to_luma8(), h, w, look.resize, Luma([bg.luma()]))),
         _ => planar(&fit(&img.to_rgb8(), h, w, look.resize, Rgb(bg.0))),
     })
+}
+
+/// Whether a JPEG file holds its end-of-image marker (FF D9) near its end (some writers pad
+/// after it).
+fn ends_a_jpeg(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else { return false };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let mut tail = Vec::new();
+    let read = f.seek(SeekFrom::Start(len.saturating_sub(4096))).and_then(|_| f.take(4096).read_to_end(&mut tail));
+    read.is_ok() && tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 /// Resizes (Catmull-Rom, which also filters when shrinking) to `h x w` as `resize` says;

@@ -119,10 +119,7 @@ impl<'a> Job<'a> {
             .with_context(|| format!("cannot write {}", out.display()))?;
         tracing::info!("wrote {}", out.display());
         if let Some(t) = &req.save_tensor {
-            let xs = results.to_device(tch::Device::Cpu).contiguous();
-            Tensor::write_safetensors(&[("samples", &xs)], t)
-                .with_context(|| format!("cannot write {}", t.display()))?;
-            tracing::info!("wrote {}", t.display());
+            crate::draw::save_samples(&results, t)?;
         }
         if let (Some(classes), Some(x), Mode::Img2img | Mode::Inpaint) = (classes, x0.as_ref(), req.mode) {
             // Where the classifier cannot be had (no test split), the edit stands without it.

@@ -242,11 +242,7 @@ fn draw_grid(cfg: &Config, req: &SampleRequest, plan: &Plan, device: tch::Device
         .with_context(|| format!("cannot write the grid to {}", out.display()))?;
     tracing::info!("wrote {}", out.display());
     if let Some(t) = &req.save_tensor {
-        // Contiguous: a channels-last network's output is not, and the writer needs it.
-        let xs = xs.to_device(tch::Device::Cpu).contiguous();
-        Tensor::write_safetensors(&[("samples", &xs)], t)
-            .with_context(|| format!("cannot write samples to {}", t.display()))?;
-        tracing::info!("wrote {}", t.display());
+        draw::save_samples(&xs, t)?;
     }
     if req.process {
         let (png, gif) = crate::reverse_pictures::write(&frames, out, cfg.sample.padding)?;

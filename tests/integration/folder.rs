@@ -319,3 +319,25 @@ fn a_conditional_model_on_class_folders_samples_a_class_by_name() {
     let err = common::stderr(&o);
     assert!(err.contains("--label \"zebra\" is not a class") && err.contains("circle, square, triangle"), "{err}");
 }
+
+/// A JPEG cut short decodes (the decoder fills the rest with grey) but is no picture: it is
+/// skipped with the others that cannot be read, named, never trained on with a grey half.
+#[test]
+fn a_truncated_jpeg_is_skipped_not_read_with_a_grey_half() {
+    let dir = tempfile::tempdir().unwrap();
+    let pics = dir.path().join("pics");
+    std::fs::create_dir_all(&pics).unwrap();
+    let noisy = RgbImage::from_fn(64, 64, |x, y| Rgb([(x * 4) as u8, (y * 4) as u8, ((x * y) % 256) as u8]));
+    for i in 0..3 {
+        noisy.save(pics.join(format!("{i}.jpg"))).unwrap();
+    }
+    let whole = std::fs::read(pics.join("0.jpg")).unwrap();
+    std::fs::write(pics.join("1.jpg"), &whole[..whole.len() * 2 / 3]).unwrap();
+    let mut cfg = folder_cfg(&pics, &dir.path().join("cache"), ImageSize::Square(64), 3);
+    cfg.eval_split = 0.0;
+    let (ds, stats) = folder::load(&cfg, Split::Train).unwrap();
+    assert_eq!(ds.images.size()[0], 2, "{:?}", stats.skipped);
+    assert_eq!(stats.skipped.len(), 1);
+    assert_eq!(stats.skipped[0].0, "1.jpg");
+    assert!(stats.skipped[0].1.contains("truncated JPEG"), "{:?}", stats.skipped);
+}
