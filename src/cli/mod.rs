@@ -8,7 +8,8 @@ pub use edit::{EditArgs, EditMode};
 pub use reverse::ReverseArgs;
 use std::path::PathBuf;
 
-/// Train and sample DDPM image generators (MNIST, Fashion-MNIST, CIFAR-10) on libtorch.
+/// Train, sample and edit with DDPM image generators (MNIST, Fashion-MNIST, CIFAR-10, your own
+/// pictures) on libtorch.
 ///
 /// Everything is set in a YAML file (default: options.yml; every key is documented there and
 /// in README.md). Flags override the file; `--set section.key=value` overrides any key.
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 ///   ddpm train --config options.yml
 ///   ddpm sample --n-samples 81 --out digits.png
 ///   ddpm train --set train.lr=2e-4 --epochs 20
+///   ddpm edit inpaint --input dataset:test --mask bottom-half
 #[derive(Debug, Parser)]
 #[command(name = "ddpm", version, verbatim_doc_comment, propagate_version = true)]
 pub struct Cli {
