@@ -151,6 +151,7 @@ pub fn is_checkpoint(path: &Path) -> bool {
 /// written: its folder cannot be created or written, or the path is a symbolic link, not a
 /// regular file (a folder, a device, a FIFO), or a ddpm checkpoint, which no output replaces.
 pub fn check_output(path: &Path) -> Result<()> {
+    check_existing(path)?;
     check_output_in(path, None)
 }
 
@@ -190,7 +191,6 @@ fn check_existing(path: &Path) -> Result<()> {
 
 fn check_output_in(path: &Path, inputs: Option<&Path>) -> Result<()> {
     let refuse = |why: &str| -> Result<()> { bail!(UsageError(format!("will not write {}: {why}", path.display()))) };
-    check_existing(path)?;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if let Some(inputs) = inputs.and_then(|i| i.canonicalize().ok()) {
         // The nearest existing folder on the way up (the output's may not exist yet).

@@ -38,8 +38,12 @@ impl Source {
         }
         let p = PathBuf::from(s);
         let meta = std::fs::metadata(&p).map_err(|e| UsageError(format!("{flag} {s}: cannot read it: {e}")))?;
+        if meta.is_dir() {
+            return Ok(Source::Folder(p));
+        }
+        // A FIFO or device would block the decoder or never end.
+        crate::fsutil::check_regular(&p).map_err(|e| UsageError(format!("{flag} {s}: cannot read it: {e}")))?;
         Ok(match () {
-            _ if meta.is_dir() => Source::Folder(p),
             _ if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz")) => Source::Npz(p),
             _ => Source::File(p),
         })
@@ -137,6 +141,7 @@ pub fn mask(spec: &str, [_, h, w]: [i64; 3]) -> Result<Tensor> {
             if !p.exists() {
                 bail!(UsageError(format!("--mask {spec}: no such file, and not a region ({})", REGIONS.join(", "))));
             }
+            crate::fsutil::check_regular(p).map_err(|e| UsageError(format!("--mask {spec}: cannot read it: {e}")))?;
             let dims =
                 image::image_dimensions(p).map_err(|e| UsageError(format!("--mask {spec}: cannot read it: {e}")))?;
             if dims != (w as u32, h as u32) {

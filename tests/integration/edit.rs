@@ -227,6 +227,11 @@ fn bad_edit_inputs_are_one_line_errors_and_nothing_is_written() {
     run(&["img2img", "--input", "lie.png"], &["cannot read", "lie.png"]);
     run(&["img2img", "--input", "missing.png"], &["--input missing.png", "cannot read"]);
     run(&["img2img", "--input", "dataset:valid"], &["dataset:test or dataset:train"]);
+    // A FIFO named like a picture, as input or mask, is refused before it is opened.
+    let fifo = d.join("fifo.png");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    run(&["img2img", "--input", "fifo.png"], &["--input fifo.png", "not a regular file"]);
+    run(&["inpaint", "--input", "pic.png", "--mask", "fifo.png"], &["--mask fifo.png", "not a regular file"]);
     // The output may not be the input picture.
     let o = common::ddpm(d, &["edit", "--config", &cfg, "img2img", "--input", "pic.png", "-o", "pic.png"]);
     assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
